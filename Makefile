@@ -1,0 +1,40 @@
+# riskstream — targets a newcomer can guess. Everything runs inside .venv, created on demand.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install broker demo test lint format unit clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[train,dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install riskstream with training and dev extras
+
+broker: $(STAMP) ## run the embedded Kafka-compatible broker on 127.0.0.1:9092
+	$(BIN)/riskstream broker
+
+lint: $(STAMP) ## ruff: lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## ruff: fix what can be fixed and format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+unit: $(STAMP) ## fast tests only (no broker, no training)
+	$(BIN)/pytest -m "not broker and not slow" -q
+
+test: $(STAMP) ## everything CI runs: lint, then the whole test suite
+	$(MAKE) --no-print-directory lint
+	$(BIN)/pytest -q
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

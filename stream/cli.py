@@ -1,0 +1,81 @@
+"""The `riskstream` command line: one click group, each command importing its work lazily.
+
+Lazy imports keep `riskstream --help` instant and keep TensorFlow out of every command
+except `train`.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+import click
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C so that `finally` blocks shut children down cleanly."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def fail(message: str) -> None:
+    """Print an actionable error and exit with status 2 (usage/environment problem)."""
+    console.print(f"[bold red]error:[/] {message}")
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="riskstream")
+def main() -> None:
+    """riskstream: score card transactions and market indicators for risk, as they stream.
+
+    Configuration comes from environment variables (KAFKA_BOOTSTRAP_SERVERS,
+    RISKSTREAM_MODELS_DIR, RISKSTREAM_METRICS_PORT, RISKSTREAM_TOPIC_*); flags override them.
+    """
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=9092,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="TCP port to listen on.",
+)
+def broker(host: str, port: int) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground.
+
+    Data is kept in memory only: use it for development, demos and tests. Stop with Ctrl-C.
+    """
+    from riskstream.broker import BrokerError, EmbeddedBroker
+
+    stop_on_sigterm()
+    embedded = EmbeddedBroker(host, port, quiet=False)
+    try:
+        embedded.start()
+    except BrokerError as exc:
+        fail(str(exc))
+    console.print(
+        f"[green]broker ready[/] on [bold]{embedded.bootstrap_servers}[/] "
+        f"(in memory; Ctrl-C to stop) — export KAFKA_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}"
+    )
+    try:
+        code = embedded.wait()
+        if code != 0:
+            fail(f"the broker exited with code {code}")
+    except KeyboardInterrupt:
+        console.print("stopping broker…")
+    finally:
+        embedded.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,112 @@
+"""Configuration from the environment (12-factor); CLI flags override by passing values in.
+
+Every setting has a documented default here and in the README; nothing else reads os.environ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Topics:
+    """Kafka topic names; each can be renamed through its environment variable."""
+
+    transactions: str = "transactions"
+    market: str = "market.indicators"
+    labels: str = "risk.labels"
+    scores: str = "risk.scores"
+    alerts: str = "risk.alerts"
+    dlq: str = "risk.dlq"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Topics:
+        return cls(
+            transactions=env.get("RISKSTREAM_TOPIC_TRANSACTIONS", cls.transactions),
+            market=env.get("RISKSTREAM_TOPIC_MARKET", cls.market),
+            labels=env.get("RISKSTREAM_TOPIC_LABELS", cls.labels),
+            scores=env.get("RISKSTREAM_TOPIC_SCORES", cls.scores),
+            alerts=env.get("RISKSTREAM_TOPIC_ALERTS", cls.alerts),
+            dlq=env.get("RISKSTREAM_TOPIC_DLQ", cls.dlq),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaSettings:
+    """Connection settings shared by every Kafka client riskstream creates."""
+
+    bootstrap_servers: str = "localhost:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = dataclasses.field(default=None, repr=False)
+    ssl_cafile: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> KafkaSettings:
+        return cls(
+            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", cls.bootstrap_servers),
+            security_protocol=env.get("KAFKA_SECURITY_PROTOCOL", cls.security_protocol).upper(),
+            sasl_mechanism=env.get("KAFKA_SASL_MECHANISM") or None,
+            sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
+            sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
+            ssl_cafile=env.get("KAFKA_SSL_CAFILE") or None,
+        )
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka producers, consumers and admin clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = (
+                create_ssl_context(cafile=self.ssl_cafile)
+                if self.ssl_cafile
+                else ssl.create_default_context()
+            )
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password
+        return kwargs
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a riskstream process needs to know about its surroundings."""
+
+    kafka: KafkaSettings = dataclasses.field(default_factory=KafkaSettings)
+    topics: Topics = dataclasses.field(default_factory=Topics)
+    models_dir: Path = Path("models")
+    metrics_port: int = 9108
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read the environment, then apply explicit overrides (CLI flags) that are not None."""
+        env = os.environ if env is None else env
+        settings = cls(
+            kafka=KafkaSettings.from_env(env),
+            topics=Topics.from_env(env),
+            models_dir=Path(env.get("RISKSTREAM_MODELS_DIR", "models")),
+            metrics_port=int(env.get("RISKSTREAM_METRICS_PORT", "9108")),
+        )
+        return settings.replace(**overrides)
+
+    def replace(self, **overrides: Any) -> Settings:
+        """A copy with the given top-level fields replaced; None means 'keep'."""
+        kafka_fields = {f.name for f in dataclasses.fields(KafkaSettings)}
+        kafka_overrides = {
+            k: v for k, v in overrides.items() if k in kafka_fields and v is not None
+        }
+        own = {k: v for k, v in overrides.items() if k not in kafka_fields and v is not None}
+        kafka = dataclasses.replace(self.kafka, **kafka_overrides)
+        return dataclasses.replace(self, kafka=kafka, **own)
