@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install broker demo test lint format unit clean
+.PHONY: help install prometheus broker demo test lint format unit clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
+	@command -v promtool >/dev/null || $(MAKE) --no-print-directory prometheus
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[train,dev]'
@@ -18,8 +19,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install riskstream with training and dev extras
 
+prometheus: ## install the Prometheus server and promtool (Debian package; the tests run them)
+	@command -v promtool >/dev/null || { \
+	  if command -v apt-get >/dev/null; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "install Prometheus (prometheus, promtool) with your package manager"; exit 1; fi; }
+	@promtool --version | head -1
+
 broker: $(STAMP) ## run the embedded Kafka-compatible broker on 127.0.0.1:9092
 	$(BIN)/riskstream broker
+
+demo: $(STAMP) ## the whole loop: embedded broker, worker, synthetic events, live view
+	$(BIN)/riskstream demo
 
 lint: $(STAMP) ## ruff: lint and format check
 	$(BIN)/ruff check .
