@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install prometheus broker demo test lint format unit clean
+.PHONY: help install prometheus broker demo models test lint format unit clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,16 @@ broker: $(STAMP) ## run the embedded Kafka-compatible broker on 127.0.0.1:9092
 
 demo: $(STAMP) ## the whole loop: embedded broker, worker, synthetic events, live view
 	$(BIN)/riskstream demo
+
+# The models shipped inside the package (stream/models), made by riskstream's own code from
+# seeded synthetic data: the demo and the stream tests need no ../shared data and no training.
+SYNTH := build/synthetic
+models: $(STAMP) ## rebuild the shipped default models from seeded synthetic data
+	rm -rf stream/models && mkdir -p $(SYNTH)
+	$(BIN)/riskstream simulate transactions --seed 1 --out $(SYNTH)/transactions.csv.gz
+	$(BIN)/riskstream train fraud --data $(SYNTH)/transactions.csv.gz --out stream/models --seed 0
+	$(BIN)/riskstream simulate market --seed 1 --out $(SYNTH)/market.csv --vix-out $(SYNTH)/vix.csv
+	$(BIN)/riskstream train market --data $(SYNTH)/market.csv --vix $(SYNTH)/vix.csv --out stream/models --seed 0
 
 lint: $(STAMP) ## ruff: lint and format check
 	$(BIN)/ruff check .

@@ -6,6 +6,7 @@ except `train`.
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 from types import FrameType
@@ -14,6 +15,32 @@ import click
 from rich.console import Console
 
 console = Console(stderr=True)
+
+# name -> "module:attribute" of a click command; modules load only when their command runs
+# (or when --help lists them), so TensorFlow is imported by `train` alone.
+LAZY_COMMANDS: dict[str, str] = {
+    "simulate": "riskstream.simulate:simulate",
+    "train": "riskstream.training.train:train_command",
+    "evaluate": "riskstream.training.evaluate:evaluate_command",
+    "worker": "riskstream.worker:worker_command",
+    "replay": "riskstream.replay:replay_command",
+    "alerts": "riskstream.alerts:alerts_command",
+    "demo": "riskstream.demo:demo_command",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = LAZY_COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = target.split(":")
+        return getattr(importlib.import_module(module_name), attribute)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -31,7 +58,10 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="riskstream")
 def main() -> None:
     """riskstream: score card transactions and market indicators for risk, as they stream.

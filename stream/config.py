@@ -81,6 +81,47 @@ class KafkaSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """How the Faust worker runs; defaults suit production, tests shorten the timeouts."""
+
+    app_id: str = "riskstream"
+    store: str = "memory://"
+    data_dir: Path = Path(".riskstream-data")
+    models: tuple[str, ...] = ("fraud", "market")
+    partitions: int = 6
+    batch_size: int = 512
+    batch_wait_ms: int = 20
+    session_timeout_s: float = 30.0
+    rebalance_timeout_s: float = 30.0
+    heartbeat_interval_s: float = 3.0
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
+        return cls(
+            app_id=env.get("RISKSTREAM_APP_ID", cls.app_id),
+            store=env.get("RISKSTREAM_STORE", cls.store),
+            data_dir=Path(env.get("RISKSTREAM_DATA_DIR", str(cls.data_dir))),
+            models=tuple(
+                name.strip()
+                for name in env.get("RISKSTREAM_MODELS", ",".join(cls.models)).split(",")
+                if name.strip()
+            ),
+            partitions=int(env.get("RISKSTREAM_PARTITIONS", cls.partitions)),
+            batch_size=int(env.get("RISKSTREAM_BATCH_SIZE", cls.batch_size)),
+            batch_wait_ms=int(env.get("RISKSTREAM_BATCH_WAIT_MS", cls.batch_wait_ms)),
+            session_timeout_s=float(env.get("RISKSTREAM_SESSION_TIMEOUT_S", cls.session_timeout_s)),
+            rebalance_timeout_s=float(
+                env.get("RISKSTREAM_REBALANCE_TIMEOUT_S", cls.rebalance_timeout_s)
+            ),
+            heartbeat_interval_s=float(
+                env.get("RISKSTREAM_HEARTBEAT_INTERVAL_S", cls.heartbeat_interval_s)
+            ),
+            log_level=env.get("RISKSTREAM_LOG_LEVEL", cls.log_level).lower(),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything a riskstream process needs to know about its surroundings."""
 
@@ -88,6 +129,8 @@ class Settings:
     topics: Topics = dataclasses.field(default_factory=Topics)
     models_dir: Path = Path("models")
     metrics_port: int = 9108
+    metrics_host: str = "0.0.0.0"
+    worker: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -98,6 +141,8 @@ class Settings:
             topics=Topics.from_env(env),
             models_dir=Path(env.get("RISKSTREAM_MODELS_DIR", "models")),
             metrics_port=int(env.get("RISKSTREAM_METRICS_PORT", "9108")),
+            metrics_host=env.get("RISKSTREAM_METRICS_HOST", "0.0.0.0"),
+            worker=WorkerSettings.from_env(env),
         )
         return settings.replace(**overrides)
 

@@ -25,6 +25,8 @@ Error codes (stable: they end up in dead letters and in the ``reason`` metric la
                          too many indicators, ...)
 - ``inconsistent``       fields contradict each other (market ``high`` below ``low``, ``open`` or
                          ``close`` outside ``[low, high]``)
+- ``key_mismatch``       raised by the worker: the Kafka message key is missing or is not the
+                         entity id the event carries (per-entity state needs keyed messages)
 - ``internal_error``     reserved for the worker: the message passed its contract but processing
                          it failed (a bug); never raised by this module
 """
@@ -81,6 +83,7 @@ ErrorCode = Literal[
     "bad_timestamp",
     "out_of_range",
     "inconsistent",
+    "key_mismatch",
     "internal_error",
 ]
 ERROR_CODES: Final[tuple[str, ...]] = get_args(ErrorCode)

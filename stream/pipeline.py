@@ -1,0 +1,197 @@
+"""Per-event work of the stream, free of Faust so it can be tested and reasoned about alone.
+
+Fraud scoring needs state keyed two ways, so it runs in two stages:
+
+    transactions (key customer) -stage 1-> <app>-fraud-by-terminal (key terminal) -stage 2-> score
+    risk.labels  (key tx id)    -forward-/
+
+Stage 1 updates the customer's state and forwards the transaction with its customer-side
+features; stage 2 updates the terminal's state (transactions and fraud labels arrive there in
+one ordered log per terminal), assembles the full vector and hands it to the micro-batcher.
+Market events need one state (per instrument) and go straight to scoring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime
+
+import msgspec
+
+from riskstream import contracts
+from riskstream.contracts import ContractError
+from riskstream.features import fraud as fraud_features
+from riskstream.features import market as market_features
+
+StateTable = MutableMapping[bytes, bytes]
+
+
+class ForwardedTransaction(msgspec.Struct, tag="tx", array_like=True, frozen=True):
+    """A validated transaction on its way to the terminal stage, customer features attached."""
+
+    transaction_id: str
+    timestamp: float
+    event_timestamp: str
+    customer_id: str
+    terminal_id: str
+    amount: float
+    customer_features: tuple[float, ...]
+    source_timestamp_ms: int
+
+
+class ForwardedLabel(msgspec.Struct, tag="label", array_like=True, frozen=True):
+    """A validated fraud label on its way to the terminal stage."""
+
+    transaction_id: str
+    transaction_timestamp: float
+    terminal_id: str
+    fraud: bool
+
+
+Forwarded = ForwardedTransaction | ForwardedLabel
+_forward_encoder = msgspec.msgpack.Encoder()
+_forward_decoder = msgspec.msgpack.Decoder(Forwarded)
+
+
+def encode_forwarded(message: Forwarded) -> bytes:
+    return _forward_encoder.encode(message)
+
+
+def decode_forwarded(raw: bytes) -> Forwarded:
+    return _forward_decoder.decode(raw)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PendingScore:
+    """One event ready to be scored: what the micro-batcher needs to build its records."""
+
+    model: str
+    event_id: str
+    event_type: str
+    entity_id: str
+    event_timestamp: str
+    vector: list[float]
+    source_timestamp_ms: int
+
+
+def rfc3339(moment: datetime) -> str:
+    """The canonical text form of an event time in records out (UTC, `Z`, microseconds if any)."""
+    text = moment.astimezone(UTC).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def _check_key(key: bytes | None, expected: str, field: str) -> None:
+    """Per-entity state is only right when producers key messages by the entity id."""
+    if key is None:
+        raise ContractError(
+            "key_mismatch", f"the message has no key: it must be the event's {field}"
+        )
+    if key != expected.encode():
+        shown = key[:64].decode("utf-8", "replace")
+        raise ContractError(
+            "key_mismatch",
+            f"the message key {shown!r} does not match the event's {field} {expected!r}",
+        )
+
+
+def _load(table: StateTable, key: bytes, state_type: Callable[[], object]) -> object:
+    stored = table.get(key)
+    return state_type.from_bytes(stored) if stored is not None else state_type()  # type: ignore[attr-defined]
+
+
+def ingest_transaction(
+    raw: bytes | None, key: bytes | None, timestamp_ms: int, customers: StateTable
+) -> ForwardedTransaction:
+    """Stage 1: validate, update the customer's state, compute the customer-side features."""
+    tx = contracts.decode_transaction(raw)
+    _check_key(key, tx.customer_id, "customer_id")
+    ts = tx.timestamp.timestamp()
+    customer_key = tx.customer_id.encode()
+    state = _load(customers, customer_key, fraud_features.CustomerState)
+    customer_part = fraud_features.customer_step(state, tx.transaction_id, ts, tx.amount)
+    customers[customer_key] = state.to_bytes()  # type: ignore[attr-defined]
+    return ForwardedTransaction(
+        transaction_id=tx.transaction_id,
+        timestamp=ts,
+        event_timestamp=rfc3339(tx.timestamp),
+        customer_id=tx.customer_id,
+        terminal_id=tx.terminal_id,
+        amount=tx.amount,
+        customer_features=tuple(customer_part),
+        source_timestamp_ms=timestamp_ms,
+    )
+
+
+def ingest_label(raw: bytes | None, key: bytes | None) -> ForwardedLabel:
+    """Validate a fraud label; it is keyed by transaction id and re-keyed by terminal."""
+    label = contracts.decode_label(raw)
+    _check_key(key, label.transaction_id, "transaction_id")
+    return ForwardedLabel(
+        transaction_id=label.transaction_id,
+        transaction_timestamp=label.transaction_timestamp.timestamp(),
+        terminal_id=label.terminal_id,
+        fraud=label.fraud,
+    )
+
+
+def terminal_stage(message: Forwarded, terminals: StateTable) -> PendingScore | None:
+    """Stage 2: apply a label, or add a transaction and return its full feature vector."""
+    terminal_key = message.terminal_id.encode()
+    state = _load(terminals, terminal_key, fraud_features.TerminalState)
+    if isinstance(message, ForwardedLabel):
+        fraud_features.terminal_label(
+            state, message.transaction_id, message.transaction_timestamp, message.fraud
+        )
+        terminals[terminal_key] = state.to_bytes()  # type: ignore[attr-defined]
+        return None
+    terminal_part = fraud_features.terminal_step(state, message.transaction_id, message.timestamp)
+    terminals[terminal_key] = state.to_bytes()  # type: ignore[attr-defined]
+    vector = fraud_features.fraud_vector(
+        message.timestamp, message.amount, message.customer_features, terminal_part
+    )
+    return PendingScore(
+        model="fraud",
+        event_id=message.transaction_id,
+        event_type="transaction",
+        entity_id=message.customer_id,
+        event_timestamp=message.event_timestamp,
+        vector=list(vector),
+        source_timestamp_ms=message.source_timestamp_ms,
+    )
+
+
+def market_event_id(instrument: str, moment: datetime) -> str:
+    """Market bars have no id of their own: instrument and trading day identify one."""
+    return f"{instrument}:{moment.astimezone(UTC).date().isoformat()}"
+
+
+def market_stage(
+    raw: bytes | None, key: bytes | None, timestamp_ms: int, instruments: StateTable
+) -> PendingScore:
+    """Validate a market bar, update the instrument's state and return its feature vector."""
+    bar = contracts.decode_market(raw)
+    _check_key(key, bar.instrument, "instrument")
+    instrument_key = bar.instrument.encode()
+    state = _load(instruments, instrument_key, market_features.InstrumentState)
+    vix = bar.indicators.get("vix") if bar.indicators else None
+    vector = market_features.market_step(
+        state,
+        bar.timestamp.timestamp(),
+        bar.open,
+        bar.high,
+        bar.low,
+        bar.close,
+        bar.volume,
+        vix,
+    )
+    instruments[instrument_key] = state.to_bytes()  # type: ignore[attr-defined]
+    return PendingScore(
+        model="market",
+        event_id=market_event_id(bar.instrument, bar.timestamp),
+        event_type="market",
+        entity_id=bar.instrument,
+        event_timestamp=rfc3339(bar.timestamp),
+        vector=list(vector),
+        source_timestamp_ms=timestamp_ms,
+    )

@@ -1,0 +1,188 @@
+"""`riskstream worker`: load the models, reach the broker, then run the Faust application."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from riskstream.config import Settings
+
+log = logging.getLogger("riskstream.worker")
+
+
+def load_models(settings: Settings) -> dict[str, Any]:
+    """The newest version of every configured model; ModelError says what is wrong."""
+    from riskstream.scoring import load_model
+
+    return {name: load_model(settings.models_dir, name) for name in settings.worker.models}
+
+
+def input_topics(settings: Settings) -> dict[str, int]:
+    """The topics this worker reads or writes, with the partition count to create them with."""
+    topics = settings.topics
+    wanted = {
+        topics.scores: settings.worker.partitions,
+        topics.alerts: settings.worker.partitions,
+        topics.dlq: settings.worker.partitions,
+    }
+    if "fraud" in settings.worker.models:
+        wanted[topics.transactions] = settings.worker.partitions
+        wanted[topics.labels] = settings.worker.partitions
+    if "market" in settings.worker.models:
+        wanted[topics.market] = 1
+    return wanted
+
+
+async def wait_for_topics(settings: Settings, max_backoff: float = 30.0) -> dict[str, int]:
+    """Retry with exponential backoff until the broker answers; never give up on our own."""
+    from riskstream.kafka import BrokerUnavailable, ensure_topics
+
+    delay = 0.5
+    while True:
+        try:
+            return await ensure_topics(settings.kafka, input_topics(settings))
+        except BrokerUnavailable as exc:
+            log.warning("%s; retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff)
+
+
+def run_worker(settings: Settings) -> None:
+    """Blocks until the worker is stopped (SIGINT/SIGTERM); exits non-zero on a bad model."""
+    import faust
+    from mode import Service
+
+    from riskstream.app import build_app, worker_id
+    from riskstream.metrics import MetricsServer, WorkerMetrics
+    from riskstream.scoring import ModelError
+
+    logging.basicConfig(
+        level=settings.worker.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # A flush that outlasts its timer's interval is expected under load, not news.
+    logging.getLogger("mode.timers").setLevel(logging.ERROR)
+    try:
+        models = load_models(settings)
+    except ModelError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(3)
+    for model in models.values():
+        log.info(
+            "model %s version %s from %s (threshold %.4f)",
+            model.name,
+            model.version,
+            model.path,
+            model.threshold,
+        )
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)  # Faust and the checks below share one loop
+    partitions = loop.run_until_complete(wait_for_topics(settings))
+    log.info("topics ready: %s", partitions)
+
+    metrics = WorkerMetrics()
+    metrics.set_worker(worker_id(), _version())
+    for model in models.values():
+        metrics.set_model(model.name, model.version)
+    app = build_app(settings, models, metrics, partitions)
+
+    def health() -> tuple[bool, dict[str, Any]]:
+        return app_health(app)
+
+    server = MetricsServer(settings.metrics_host, settings.metrics_port, metrics.registry, health)
+
+    class MetricsService(Service):
+        async def on_start(self) -> None:
+            await server.start()
+            log.info(
+                "metrics at http://%s:%s/metrics", settings.metrics_host, settings.metrics_port
+            )
+
+        async def on_stop(self) -> None:
+            await server.stop()
+
+    worker = faust.Worker(
+        app,
+        MetricsService(),
+        loglevel=settings.worker.log_level,
+        quiet=True,
+        override_logging=False,
+        loop=loop,
+    )
+    worker.execute_from_commandline()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed: the worker's cost is mostly per-message event-loop work."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def app_health(app: Any) -> tuple[bool, dict[str, Any]]:
+    """Healthy when the worker reached the broker recently and is not stuck rebalancing."""
+    import time
+
+    progress = app.riskstream_progress
+    since_contact = time.monotonic() - progress.last_broker_contact
+    details = {
+        "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
+        "seconds_since_broker_contact": round(since_contact, 1),
+        "rebalancing": bool(app.rebalancing),
+    }
+    return since_contact < 20.0, details
+
+
+def _version() -> str:
+    from riskstream import __version__
+
+    return __version__
+
+
+@click.command("worker")
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with one sub-folder per model [env RISKSTREAM_MODELS_DIR, default models].",
+)
+@click.option(
+    "--models",
+    "model_names",
+    help="Comma-separated models to serve [env RISKSTREAM_MODELS, default fraud,market].",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Port for /metrics and /healthz [env RISKSTREAM_METRICS_PORT, default 9108].",
+)
+@click.option("--bootstrap-servers", help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS].")
+def worker_command(
+    models_dir: Path | None,
+    model_names: str | None,
+    metrics_port: int | None,
+    bootstrap_servers: str | None,
+) -> None:
+    """Run the stream processor with the newest version of each model.
+
+    Consumes transactions, risk.labels and market.indicators; publishes risk.scores,
+    risk.alerts and risk.dlq. Refuses to start (exit 3) when a model is missing or does not
+    match the feature code. Stop with Ctrl-C or SIGTERM.
+    """
+    import dataclasses
+
+    settings = Settings.from_env(
+        models_dir=models_dir, metrics_port=metrics_port, bootstrap_servers=bootstrap_servers
+    )
+    if model_names:
+        names = tuple(n.strip() for n in model_names.split(",") if n.strip())
+        settings = dataclasses.replace(
+            settings, worker=dataclasses.replace(settings.worker, models=names)
+        )
+    run_worker(settings)

@@ -1,0 +1,166 @@
+"""The stream's per-event work, without Kafka: same features as offline, bad input rejected,
+outputs acknowledged before inputs."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+
+import msgspec
+import numpy as np
+import pytest
+
+from riskstream import contracts, pipeline
+from riskstream.batching import MicroBatcher
+from riskstream.features import fraud, market
+from riskstream.replay import market_events, transaction_events
+from riskstream.simulate import generate_market, generate_transactions
+
+
+@pytest.fixture(scope="module")
+def history():
+    return generate_transactions(
+        n_customers=150, n_terminals=300, start=date(2025, 1, 1), days=45, seed=3
+    )
+
+
+def _stream_vectors(history, partitions: int) -> dict[str, list[float]]:
+    """Drive stage 1 and stage 2 as the worker does, partitions as separate tables, in the
+    order `riskstream replay` publishes (labels interleaved by event time)."""
+    customers = [dict() for _ in range(partitions)]
+    terminals = [dict() for _ in range(partitions)]
+    vectors: dict[str, list[float]] = {}
+    events = transaction_events(
+        history, np.arange(len(history)), "transactions", "risk.labels", "fraud", 7.0
+    )
+    for outgoing in events:
+        part = hash(outgoing.key) % partitions
+        if outgoing.topic == "transactions":
+            forwarded = pipeline.ingest_transaction(
+                outgoing.value, outgoing.key, 0, customers[part]
+            )
+        else:
+            forwarded = pipeline.ingest_label(outgoing.value, outgoing.key)
+        wire = pipeline.decode_forwarded(pipeline.encode_forwarded(forwarded))
+        pending = pipeline.terminal_stage(wire, terminals[hash(wire.terminal_id) % partitions])
+        if pending is not None:
+            vectors[pending.event_id] = pending.vector
+    return vectors
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+def test_two_stage_stream_path_reproduces_offline_features(history, partitions: int) -> None:
+    offline = fraud.compute_fraud_features(history)
+    streamed = _stream_vectors(history, partitions)
+    assert len(streamed) == len(history)
+    ids = [str(i) for i in history.transaction_id]
+    online = np.asarray([streamed[i] for i in ids], dtype=np.float32)
+    assert history.fraud is not None and history.fraud.sum() > 20
+    assert np.array_equal(online, offline)
+
+
+def test_market_stage_reproduces_offline_features() -> None:
+    bars = generate_market(date(2015, 1, 5), 300, seed=2)
+    offline = market.compute_market_features(bars)
+    table: dict[bytes, bytes] = {}
+    online = [
+        pipeline.market_stage(out.value, out.key, 0, table).vector
+        for out in market_events(bars, np.arange(len(bars)), "market.indicators")
+    ]
+    assert np.array_equal(np.asarray(online, dtype=np.float32), offline)
+
+
+def _tx(**fields) -> bytes:
+    event = {
+        "transaction_id": "t1",
+        "timestamp": "2025-01-01T10:00:00Z",
+        "customer_id": "c1",
+        "terminal_id": "k1",
+        "amount": 12.5,
+    }
+    return msgspec.json.encode({**event, **fields})
+
+
+@pytest.mark.parametrize(("key", "detail"), [(None, "no key"), (b"c2", "does not match")])
+def test_a_transaction_keyed_by_another_customer_is_rejected(key, detail) -> None:
+    with pytest.raises(contracts.ContractError, match=detail) as caught:
+        pipeline.ingest_transaction(_tx(), key, 0, {})
+    assert caught.value.code == "key_mismatch"
+
+
+def test_a_redelivered_transaction_gets_its_first_features_again() -> None:
+    customers: dict[bytes, bytes] = {}
+    first = pipeline.ingest_transaction(_tx(), b"c1", 0, customers)
+    pipeline.ingest_transaction(_tx(transaction_id="t2", amount=99.0), b"c1", 0, customers)
+    again = pipeline.ingest_transaction(_tx(), b"c1", 0, customers)
+    assert again.customer_features == first.customer_features
+
+
+class _Scorer:
+    name, version, threshold = "fraud", "20250101T000000Z", 0.5
+
+    def score(self, matrix: np.ndarray) -> np.ndarray:
+        return matrix[:, 0].astype(np.float32)
+
+    def explain(self, matrix: np.ndarray) -> list[list]:
+        return [[fraud_reason(row)] for row in matrix]
+
+    def severity(self, score: float) -> str:
+        return "high"
+
+
+def fraud_reason(row: np.ndarray) -> contracts.Reason:
+    return contracts.Reason(feature="tx_amount", value=float(row[0]), contribution=0.1)
+
+
+class _Observer:
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def observe_batch(self, model, size, inference_seconds, scores, latencies) -> None:
+        self.batches.append(size)
+
+    def alert(self, model, severity) -> None: ...
+
+    def count_events(self, topic, outcome, n=1) -> None: ...
+
+
+def test_inputs_are_acknowledged_only_after_their_outputs_are_delivered() -> None:
+    async def scenario() -> tuple[list[str], list[bytes], list[bytes]]:
+        order: list[str] = []
+        delivery = asyncio.get_running_loop().create_future()
+        scores: list[bytes] = []
+        alerts: list[bytes] = []
+
+        def sink(records: list[bytes]):
+            async def send(key: bytes, value: bytes):
+                records.append(value)
+                return delivery
+
+            return send
+
+        batcher = MicroBatcher(
+            _Scorer(), sink(scores), sink(alerts), _Observer(), "transactions", max_rows=2
+        )
+
+        async def ack() -> None:
+            order.append("ack")
+
+        def item(event_id: str, value: float) -> pipeline.PendingScore:
+            return pipeline.PendingScore(
+                "fraud", event_id, "transaction", "c", "2025-01-01T00:00:00Z", [value], 0
+            )
+
+        await batcher.add(item("a", 0.2), ack)
+        flushing = asyncio.create_task(batcher.add(item("b", 0.9), ack))
+        await asyncio.sleep(0.05)
+        order.append("delivered")
+        delivery.set_result(None)
+        await flushing
+        return order, scores, alerts
+
+    order, scores, alerts = asyncio.run(scenario())
+    assert order == ["delivered", "ack", "ack"]
+    assert [contracts.decode_score(s).event_id for s in scores] == ["a", "b"]
+    (alert,) = [contracts.decode_alert(a) for a in alerts]
+    assert alert.event_id == "b" and alert.severity == "high" and alert.reasons
