@@ -91,7 +91,11 @@ class EmbeddedBroker:
             "memory://tansu/",
         ]
         output = subprocess.DEVNULL if self.quiet else None
-        self._process = subprocess.Popen(command, stdout=output, stderr=output)
+        # Own session: a Ctrl-C meant for our parent must not kill the broker before the
+        # processes that still need it (a worker flushing its last offsets) have stopped.
+        self._process = subprocess.Popen(
+            command, stdout=output, stderr=output, start_new_session=True
+        )
         self._wait_ready(timeout)
         return self
 

@@ -48,8 +48,10 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def stop_on_sigterm() -> None:
-    """Treat SIGTERM like Ctrl-C so that `finally` blocks shut children down cleanly."""
+    """Treat SIGTERM and SIGHUP (terminal closed) like Ctrl-C, so that `finally` blocks shut
+    children down cleanly."""
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
 
 
 def fail(message: str) -> None:

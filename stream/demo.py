@@ -12,6 +12,7 @@ import collections
 import contextlib
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -168,7 +169,7 @@ def _start_worker(settings: Settings, models_dir: Path, log_path: Path) -> subpr
     )
 
 
-def _stop(process: subprocess.Popen | None, timeout: float = 15.0) -> None:
+def _stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
     if process is None or process.poll() is not None:
         return
     process.terminate()
@@ -269,6 +270,7 @@ def demo_command(data_path: Path | None, rate: float, port: int, seed: int) -> N
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan a child
         _stop(worker)
         broker.stop()
     console.print("[green]demo stopped[/]: broker and worker are down.")

@@ -32,18 +32,26 @@ class StreamEnv:
     models: str = "fraud"
     partitions: int = 4
     suffix: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:8])
+    inputs: str = ""  # suffix of the input topics; empty: the same as `suffix`
+
+    def sibling(self) -> StreamEnv:
+        """Another consumer group on the same input topics, with outputs of its own."""
+        return dataclasses.replace(
+            self, suffix=uuid.uuid4().hex[:8], inputs=self.inputs or self.suffix
+        )
 
     def environ(self) -> dict[str, str]:
         s = self.suffix
+        i = self.inputs or self.suffix
         return {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "RISKSTREAM_MODELS_DIR": str(self.models_dir),
             "RISKSTREAM_MODELS": self.models,
             "RISKSTREAM_APP_ID": f"riskstream-test-{s}",
             "RISKSTREAM_PARTITIONS": str(self.partitions),
-            "RISKSTREAM_TOPIC_TRANSACTIONS": f"transactions-{s}",
-            "RISKSTREAM_TOPIC_MARKET": f"market-{s}",
-            "RISKSTREAM_TOPIC_LABELS": f"labels-{s}",
+            "RISKSTREAM_TOPIC_TRANSACTIONS": f"transactions-{i}",
+            "RISKSTREAM_TOPIC_MARKET": f"market-{i}",
+            "RISKSTREAM_TOPIC_LABELS": f"labels-{i}",
             "RISKSTREAM_TOPIC_SCORES": f"scores-{s}",
             "RISKSTREAM_TOPIC_ALERTS": f"alerts-{s}",
             "RISKSTREAM_TOPIC_DLQ": f"dlq-{s}",

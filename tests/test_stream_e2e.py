@@ -7,10 +7,14 @@ the shipped ONNX models, `riskstream evaluate` as the offline reference.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
+import threading
+import time
 from datetime import date
 from pathlib import Path
 
@@ -135,97 +139,143 @@ def handbook_reference(fraud_model: Path, handbook_csv: Path, tmp_path_factory) 
     )
 
 
-def test_handbook_replay_scores_equal_offline_with_one_worker(
-    kafka_bootstrap: str,
-    handbook_csv: Path,
-    fraud_model: Path,
-    handbook_reference: dict[str, float],
-    tmp_path: Path,
-) -> None:
-    env = StreamEnv(kafka_bootstrap, BUNDLED_MODELS, tmp_path)
-    model = load_model(fraud_model)
-    worker = WorkerProcess(env).start()
+def _start_when_a_third_is_scored(
+    watched: WorkerProcess, joining: WorkerProcess, sent: int, joined: list[float]
+) -> threading.Thread:
+    def watch() -> None:
+        while not joined:
+            with contextlib.suppress(OSError):
+                scored = metric_value(
+                    watched.metrics(), "riskstream_events_total", outcome="scored"
+                )
+                if scored >= sent // 3:
+                    joining.start()
+                    joined.append(scored)
+                    return
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@dataclasses.dataclass
+class HandbookRun:
+    """One replay of the handbook, consumed by two consumer groups at once: `single` has one
+    worker; in `pair` a second worker joins when a third of the events are scored."""
+
+    sent: int
+    labels: int
+    test_ids: set[str]
+    single: StreamEnv
+    pair: StreamEnv
+    single_scores: dict[str, list[bytes]]
+    pair_scores: dict[str, list[bytes]]
+    single_metrics: str
+    pair_metrics: list[str]
+    joined_at: list[float]
+
+
+@pytest.fixture(scope="module")
+def handbook_run(kafka_bootstrap: str, handbook_csv: Path, tmp_path_factory) -> HandbookRun:
+    workdir = tmp_path_factory.mktemp("handbook-stream")
+    single = StreamEnv(kafka_bootstrap, BUNDLED_MODELS, workdir)
+    pair = single.sibling()
+    alone = WorkerProcess(single, "alone")
+    first, second = WorkerProcess(pair, "first"), WorkerProcess(pair, "second")
     try:
-        worker.wait_assigned()
-        sent, labels, test_ids = replay_handbook(env, handbook_csv)
-        assert test_ids == set(handbook_reference)
-        scores = collect(
-            env.settings(),
-            env.settings().topics.scores,
+        alone.start()
+        first.start()
+        alone.wait_assigned()
+        first.wait_assigned()
+        sent, labels, test_ids = replay_handbook(single, handbook_csv)
+        joined: list[float] = []
+        _start_when_a_third_is_scored(first, second, sent, joined)
+
+        def all_running() -> None:
+            for worker in (alone, first):
+                worker.assert_running()
+
+        single_scores = collect(
+            single.settings(),
+            single.settings().topics.scores,
             lambda seen: len(seen) >= sent,
-            1500,
+            1400,
             event_id_of,
-            worker.assert_running,
+            all_running,
         )
-        assert len(scores) == sent, "every replayed transaction is scored"
-        assert all(len(raws) == 1 for raws in scores.values()), "one score per delivery"
-        assert_scores_match(scores, handbook_reference, model.threshold)
-        assert_alerts_are_exactly_the_scores_over_threshold(
-            env, scores, model.threshold, model.name, model.version
+        pair_scores = collect(
+            pair.settings(),
+            pair.settings().topics.scores,
+            lambda seen: len(seen) >= sent,
+            600,
+            event_id_of,
+            all_running,
         )
-        text = worker.metrics()
-        topics = env.settings().topics
-        assert (
-            metric_value(
-                text, "riskstream_events_total", topic=topics.transactions, outcome="scored"
-            )
-            == sent
+        second.assert_running()
+        return HandbookRun(
+            sent,
+            labels,
+            test_ids,
+            single,
+            pair,
+            single_scores,
+            pair_scores,
+            alone.metrics(),
+            [first.metrics(), second.metrics()],
+            joined,
         )
-        assert (
-            metric_value(
-                text, "riskstream_events_total", topic=topics.transactions, outcome="forwarded"
-            )
-            == sent
-        )
-        assert (
-            metric_value(text, "riskstream_events_total", topic=topics.labels, outcome="label")
-            == labels
-        )
-        assert metric_value(text, "riskstream_events_total", outcome="dead_letter") == 0
     finally:
-        worker.stop()
+        for worker in (second, first, alone):
+            worker.stop()
+
+
+def test_handbook_replay_scores_equal_offline_with_one_worker(
+    handbook_run: HandbookRun, fraud_model: Path, handbook_reference: dict[str, float]
+) -> None:
+    run, model = handbook_run, load_model(fraud_model)
+    assert run.test_ids == set(handbook_reference)
+    assert len(run.single_scores) == run.sent, "every replayed transaction is scored"
+    assert all(len(raws) == 1 for raws in run.single_scores.values()), "one score per delivery"
+    assert_scores_match(run.single_scores, handbook_reference, model.threshold)
+    assert_alerts_are_exactly_the_scores_over_threshold(
+        run.single, run.single_scores, model.threshold, model.name, model.version
+    )
+    topics = run.single.settings().topics
+    text = run.single_metrics
+    assert (
+        metric_value(text, "riskstream_events_total", topic=topics.transactions, outcome="scored")
+        == run.sent
+    )
+    assert (
+        metric_value(
+            text, "riskstream_events_total", topic=topics.transactions, outcome="forwarded"
+        )
+        == run.sent
+    )
+    assert (
+        metric_value(text, "riskstream_events_total", topic=topics.labels, outcome="label")
+        == run.labels
+    )
+    assert metric_value(text, "riskstream_events_total", outcome="dead_letter") == 0
 
 
 def test_handbook_parity_holds_when_a_second_worker_joins_mid_stream(
-    kafka_bootstrap: str,
-    handbook_csv: Path,
-    fraud_model: Path,
-    handbook_reference: dict[str, float],
-    tmp_path: Path,
+    handbook_run: HandbookRun, fraud_model: Path, handbook_reference: dict[str, float]
 ) -> None:
-    env = StreamEnv(kafka_bootstrap, BUNDLED_MODELS, tmp_path)
-    model = load_model(fraud_model)
-    first, second = WorkerProcess(env, "first"), WorkerProcess(env, "second")
-    try:
-        first.start().wait_assigned()
-        sent, _, _ = replay_handbook(env, handbook_csv)
-        joined = []
-
-        def join_when_a_third_is_scored(seen: dict[str, list[bytes]]) -> bool:
-            if not joined and len(seen) >= sent // 3:
-                second.start()
-                joined.append(len(seen))
-            return len(seen) >= sent
-
-        scores = collect(
-            env.settings(),
-            env.settings().topics.scores,
-            join_when_a_third_is_scored,
-            1500,
-            event_id_of,
-            first.assert_running,
-        )
-        assert joined, "the second worker joined mid-stream"
-        second.assert_running()
-        assert len(scores) == sent
-        assert_scores_match(scores, handbook_reference, model.threshold)
-        scored_by_second = metric_value(
-            second.metrics(), "riskstream_events_total", outcome="scored"
-        )
-        assert scored_by_second > 0, "the second worker took over partitions and scored"
-    finally:
-        second.stop()
-        first.stop()
+    run, model = handbook_run, load_model(fraud_model)
+    assert run.joined_at and run.joined_at[0] < run.sent, "the second worker joined mid-stream"
+    assert len(run.pair_scores) == run.sent, "nothing lost across the rebalance"
+    assert_scores_match(run.pair_scores, handbook_reference, model.threshold)
+    first, second = (
+        metric_value(text, "riskstream_events_total", outcome="scored") for text in run.pair_metrics
+    )
+    assert second > 0, "the second worker took partitions over and scored"
+    records = sum(len(raws) for raws in run.pair_scores.values())
+    assert first + second == records, "every score record was counted by the worker that made it"
+    assert_alerts_are_exactly_the_scores_over_threshold(
+        run.pair, run.pair_scores, model.threshold, model.name, model.version
+    )
 
 
 def test_market_replay_scores_equal_offline(
