@@ -169,17 +169,6 @@ def _start_worker(settings: Settings, models_dir: Path, log_path: Path) -> subpr
     )
 
 
-def _stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 async def _run(
     settings: Settings, events: Iterator, rate: float, worker_log: Path, worker: subprocess.Popen
 ) -> None:
@@ -245,7 +234,7 @@ def demo_command(data_path: Path | None, rate: float, port: int, seed: int) -> N
     """
     from rich.console import Console
 
-    from riskstream.broker import EmbeddedBroker, free_port
+    from riskstream.broker import EmbeddedBroker, free_port, stop_process
     from riskstream.cli import stop_on_sigterm
 
     console = Console(stderr=True)
@@ -271,6 +260,6 @@ def demo_command(data_path: Path | None, rate: float, port: int, seed: int) -> N
         console.print("stopping…")
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan a child
-        _stop(worker)
+        stop_process(worker, timeout=10.0)
         broker.stop()
     console.print("[green]demo stopped[/]: broker and worker are down.")
