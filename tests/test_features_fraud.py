@@ -19,6 +19,7 @@ from riskstream.features.fraud import (
     RATIO_MAX_EARLIER,
     SINCE_PREVIOUS_CAP_SECONDS,
     TERMINAL_FEATURE_NAMES,
+    TERMINAL_LATENESS_SECONDS,
     CustomerState,
     TerminalState,
     compute_fraud_features,
@@ -246,7 +247,7 @@ def test_state_size_stays_bounded_over_a_long_stream() -> None:
         customer_sizes.append(len(customer.to_bytes()))
         terminal_sizes.append(len(terminal.to_bytes()))
     customer_cap = int((30 * DAY + ALLOWED_LATENESS_SECONDS) / HOUR) + 1
-    terminal_cap = int((DELAY + 30 * DAY + ALLOWED_LATENESS_SECONDS) / HOUR) + 1
+    terminal_cap = int((DELAY + 30 * DAY + TERMINAL_LATENESS_SECONDS) / HOUR) + 1
     assert len(customer) == customer_cap
     assert len(terminal) == terminal_cap
     assert len(terminal.fraud_times) in (terminal_cap // 10, terminal_cap // 10 + 1)

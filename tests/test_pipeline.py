@@ -164,3 +164,40 @@ def test_inputs_are_acknowledged_only_after_their_outputs_are_delivered() -> Non
     assert [contracts.decode_score(s).event_id for s in scores] == ["a", "b"]
     (alert,) = [contracts.decode_alert(a) for a in alerts]
     assert alert.event_id == "b" and alert.severity == "high" and alert.reasons
+
+
+def test_terminal_features_survive_stage_one_partitions_drifting_apart(history) -> None:
+    """While a worker catches up, stage-1 partitions reach the terminal stage days apart in
+    event time; up to one label delay of drift must not change any feature."""
+    partitions, drift = 4, 1.5 * 86_400.0
+    customers = [dict() for _ in range(partitions)]
+    terminals: dict[bytes, bytes] = {}
+    held: list[list[pipeline.ForwardedTransaction]] = [[] for _ in range(partitions)]
+    vectors: dict[str, list[float]] = {}
+
+    def to_terminal_stage(message: pipeline.Forwarded) -> None:
+        pending = pipeline.terminal_stage(message, terminals)
+        if pending is not None:
+            vectors[pending.event_id] = pending.vector
+
+    def release(clock: float) -> None:
+        for part, queue in enumerate(held):
+            while queue and queue[0].timestamp + part * drift <= clock:
+                to_terminal_stage(queue.pop(0))
+
+    events = transaction_events(
+        history, np.arange(len(history)), "transactions", "risk.labels", "fraud", 7.0
+    )
+    for outgoing in events:
+        release(outgoing.event_time)
+        if outgoing.topic == "risk.labels":
+            to_terminal_stage(pipeline.ingest_label(outgoing.value, outgoing.key))
+            continue
+        part = hash(outgoing.key) % partitions
+        held[part].append(
+            pipeline.ingest_transaction(outgoing.value, outgoing.key, 0, customers[part])
+        )
+    release(float("inf"))
+    offline = fraud.compute_fraud_features(history)
+    online = np.asarray([vectors[str(i)] for i in history.transaction_id], dtype=np.float32)
+    assert np.array_equal(online, offline)

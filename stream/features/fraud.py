@@ -81,6 +81,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWED_LATENESS_SECONDS",
+    "TERMINAL_LATENESS_SECONDS",
     "CUSTOMER_FEATURE_NAMES",
     "CUSTOMER_WINDOW_DAYS",
     "FEATURE_NAMES",
@@ -104,6 +105,12 @@ ALLOWED_LATENESS_SECONDS = 86_400.0
 """How late (behind the newest timestamp an entity has seen) an event may arrive and still get
 exact features. Generous because a fast replay moves event time by days per wall-clock second,
 so a crash-and-redeliver can land a day behind; it costs about 3 % more customer state."""
+TERMINAL_LATENESS_SECONDS = float(LABEL_DELAY_SECONDS)
+"""Terminals hear from every customer partition of stage 1, and those partitions drift apart
+in event time while a worker catches up on a backlog (days, in a fast replay). A transaction
+that arrives up to one label delay late cannot belong to the window of any transaction
+already scored at that terminal (windows end a label delay before the scored one), so it
+changes no score — provided the state still keeps it. Hence a label delay of lateness."""
 SINCE_PREVIOUS_CAP_SECONDS = 30 * SECONDS_PER_DAY
 RATIO_WINDOW_SECONDS = 30 * SECONDS_PER_DAY
 RATIO_MAX_EARLIER = 64
@@ -217,7 +224,7 @@ class TerminalState:
     def __init__(
         self,
         label_delay: float = LABEL_DELAY_SECONDS,
-        lateness: float = ALLOWED_LATENESS_SECONDS,
+        lateness: float = TERMINAL_LATENESS_SECONDS,
     ) -> None:
         self.times = array("d")
         self.keys = array("I")
@@ -251,7 +258,7 @@ class TerminalState:
         cls,
         data: bytes,
         label_delay: float = LABEL_DELAY_SECONDS,
-        lateness: float = ALLOWED_LATENESS_SECONDS,
+        lateness: float = TERMINAL_LATENESS_SECONDS,
     ) -> TerminalState:
         _, count, fraud_count, newest = _unpack_header(_TERMINAL_HEADER, data, "terminal")
         state = cls(label_delay, lateness)
