@@ -1,0 +1,134 @@
+"""The model card: what a model is, what it was trained on, and how its scores become alerts.
+
+Thresholds are chosen on the time-based validation rows (never on the rows the network fitted)
+with a rule a fraud desk can read back: by default the score that maximises F1 (alerts are
+worth opening about as often as fraud is missed), or the lowest score that keeps a target
+precision ("at least P of alerts are fraud"). Severity bands split the validation alerts by
+score: medium from the threshold, high from their median, critical from their 90th percentile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+from datetime import date, datetime
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from riskstream.training.metrics import best_f1_threshold, precision_target_threshold
+
+THRESHOLD_RULE_PATTERN = re.compile(r"^(max-f1|precision:(0?\.\d+|1(\.0*)?))$")
+LIBRARIES = ("riskstream", "tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
+
+
+def parse_threshold_rule(rule: str) -> str:
+    if not THRESHOLD_RULE_PATTERN.match(rule):
+        raise ValueError(
+            f"threshold rule {rule!r} is not 'max-f1' or 'precision:P' with 0 < P <= 1 "
+            "(e.g. precision:0.8)"
+        )
+    return rule
+
+
+def choose_threshold(rule: str, labels: np.ndarray, scores: np.ndarray) -> tuple[float, str]:
+    """The alert threshold and a sentence saying how it was chosen."""
+    parse_threshold_rule(rule)
+    if rule == "max-f1":
+        threshold, f1 = best_f1_threshold(labels, scores)
+        return threshold, (
+            f"max-f1: the validation score maximising F1 (alert when score >= threshold); "
+            f"validation F1 {f1:.3f}"
+        )
+    target = float(rule.split(":", 1)[1])
+    threshold, recall = precision_target_threshold(labels, scores, target)
+    return threshold, (
+        f"precision:{target:g}: the lowest validation score whose alerts are at least "
+        f"{target:.0%} fraud (alert when score >= threshold); validation recall {recall:.3f}"
+    )
+
+
+def severity_bands(threshold: float, validation_scores: np.ndarray) -> list[dict[str, Any]]:
+    alerting = np.asarray(validation_scores, dtype=np.float64)
+    alerting = alerting[alerting >= threshold]
+    high = float(np.quantile(alerting, 0.5)) if alerting.size else threshold
+    critical = float(np.quantile(alerting, 0.9)) if alerting.size else threshold
+    high = max(high, threshold)
+    critical = max(critical, high)
+    return [
+        {"severity": "medium", "min_score": float(threshold)},
+        {"severity": "high", "min_score": high},
+        {"severity": "critical", "min_score": critical},
+    ]
+
+
+def matrix_fingerprint(features: np.ndarray, labels: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    matrix = np.ascontiguousarray(features, dtype="<f4")
+    digest.update(str(matrix.shape).encode())
+    digest.update(matrix.tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype="i1").tobytes())
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for library in LIBRARIES:
+        try:
+            versions[library] = metadata.version(library)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def column_stats(features: np.ndarray) -> tuple[list[float], list[float]]:
+    """Raw-feature means and stds of the training rows (the scorer's occlusion baseline)."""
+    x = np.asarray(features, dtype=np.float64)
+    return x.mean(axis=0).tolist(), x.std(axis=0).tolist()
+
+
+def build_card(
+    *,
+    name: str,
+    version: str,
+    created_at: datetime,
+    features: tuple[str, ...],
+    threshold: float,
+    threshold_rule: str,
+    training_window: tuple[date, date],
+    training_features: np.ndarray,
+    training_labels: np.ndarray,
+    source_sha256: str,
+    metrics: dict[str, Any],
+    bands: list[dict[str, Any]],
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    means, stds = column_stats(training_features)
+    return {
+        "name": name,
+        "version": version,
+        "created_at": created_at.isoformat().replace("+00:00", "Z"),
+        "features": list(features),
+        "input_name": "features",
+        "output_name": "score",
+        "threshold": float(threshold),
+        "threshold_rule": threshold_rule,
+        "training_window": {
+            "from": training_window[0].isoformat(),
+            "to": training_window[1].isoformat(),
+        },
+        "data_fingerprint": {
+            "features_and_labels_sha256": matrix_fingerprint(training_features, training_labels),
+            "source_sha256": source_sha256,
+            "rows": int(training_labels.size),
+            "positives": int(np.sum(training_labels == 1)),
+        },
+        "metrics": metrics,
+        "library_versions": library_versions(),
+        "severity_bands": bands,
+        "feature_means": means,
+        "feature_stds": stds,
+        "training": training,
+    }
