@@ -81,12 +81,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWED_LATENESS_SECONDS",
-    "TERMINAL_LATENESS_SECONDS",
     "CUSTOMER_FEATURE_NAMES",
     "CUSTOMER_WINDOW_DAYS",
     "FEATURE_NAMES",
     "LABEL_DELAY_SECONDS",
     "TERMINAL_FEATURE_NAMES",
+    "TERMINAL_LATENESS_SECONDS",
     "TERMINAL_WINDOW_DAYS",
     "CustomerState",
     "TerminalState",
@@ -413,7 +413,10 @@ def terminal_label(state: TerminalState, tx_id: str, tx_ts: float, fraud: bool) 
     flag = 1 if fraud else 0
     index = _find(state, key, tx_ts)
     if index is None:
-        _insert_terminal_entry(state, key, tx_ts, flag)
+        # Labels may run far ahead of the transactions (a backlog of a few labels is read in
+        # seconds, that of the transactions in minutes): they must not move the clock that
+        # decides what is too old to keep, or the transactions arriving after them are lost.
+        _insert_terminal_entry(state, key, tx_ts, flag, advance_clock=False)
     elif state.frauds[index] != flag:
         state.frauds[index] = flag
         if flag:
@@ -431,11 +434,14 @@ def _find(state: TerminalState, key: int, ts: float) -> int | None:
     return None
 
 
-def _insert_terminal_entry(state: TerminalState, key: int, ts: float, fraud: int) -> None:
+def _insert_terminal_entry(
+    state: TerminalState, key: int, ts: float, fraud: int, *, advance_clock: bool = True
+) -> None:
     times = state.times
     if ts > state.newest:
-        state.newest = ts
-        _prune_terminal(state)
+        if advance_clock:
+            state.newest = ts
+            _prune_terminal(state)
     elif ts < state.horizon:
         return
     index = bisect_right(times, ts)
