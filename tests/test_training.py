@@ -110,7 +110,8 @@ def test_tiny_model_exports_reloads_and_scores(tmp_path: Path) -> None:
     from riskstream.training.train import train_on_rows
 
     rows = synthetic_fraud_rows()
-    result = train_on_rows(rows, quick_request(tmp_path), Console(quiet=True))
+    request = quick_request(tmp_path, max_epochs=5, learning_rate=3e-3)
+    result = train_on_rows(rows, request, Console(quiet=True))
     folder = result.version_dir
     assert folder.parent == tmp_path / "fraud"
     assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.onnx"]
@@ -118,7 +119,7 @@ def test_tiny_model_exports_reloads_and_scores(tmp_path: Path) -> None:
     card = json.loads((folder / "card.json").read_text())
     assert card["version"] == folder.name
     assert card["metrics"]["onnx_parity_max_abs_diff"] <= 1e-5
-    assert card["training"]["epochs_run"][0] <= 3
+    assert card["training"]["epochs_run"][0] <= 5
     assert card["training_window"] == {"from": "2024-01-01", "to": "2024-01-10"}
     assert len(card["data_fingerprint"]["features_and_labels_sha256"]) == 64
     bands = [band["min_score"] for band in card["severity_bands"]]
@@ -127,7 +128,8 @@ def test_tiny_model_exports_reloads_and_scores(tmp_path: Path) -> None:
     model = load_model(tmp_path, "fraud")
     scores = model.score(rows.features[:100])
     assert scores.shape == (100,) and np.all((scores >= 0) & (scores <= 1))
-    assert card["metrics"]["training"]["roc_auc"] > 0.7  # it learned the planted rule
+    auc = card["metrics"]["training"]["roc_auc"]
+    assert auc > 0.7, f"it did not learn the planted rule: training ROC AUC {auc}"
     reasons = model.explain(rows.features[:2])
     assert len(reasons) == 2 and all(r.feature in rows.feature_names for r in reasons[0])
 
@@ -438,3 +440,23 @@ def test_evaluate_market_end_to_end_without_tensorflow(tmp_path: Path) -> None:
         lines = list(csv.reader(handle))
     assert len(lines) - 1 == report["rows_scored"]
     assert lines[-1][0] == f"IDX:{np.datetime64('2020-01-01') + 199}"
+
+
+def test_threshold_rules_and_severity_bands() -> None:
+    from riskstream.training.card import choose_threshold, parse_threshold_rule, severity_bands
+
+    labels = np.array([0] * 90 + [1] * 10)
+    scores = np.linspace(0.0, 0.99, 100)
+    threshold, text = choose_threshold("max-f1", labels, scores)
+    assert threshold == pytest.approx(0.9) and text.startswith("max-f1")
+    threshold, text = choose_threshold("top:0.2", labels, scores)
+    assert np.mean(scores >= threshold) == pytest.approx(0.2, abs=0.011)
+    assert "precision 0.5" in text
+    threshold, _ = choose_threshold("precision:0.5", labels, scores)
+    assert threshold == pytest.approx(0.8)  # 20 alerts, 10 of them positive
+    for bad in ("top:0", "precision:2", "f1"):
+        with pytest.raises(ValueError):
+            parse_threshold_rule(bad)
+    bands = severity_bands(0.9, scores)
+    assert [b["severity"] for b in bands] == ["medium", "high", "critical"]
+    assert bands[0]["min_score"] == 0.9 <= bands[1]["min_score"] <= bands[2]["min_score"]

@@ -1,10 +1,12 @@
 """The model card: what a model is, what it was trained on, and how its scores become alerts.
 
 Thresholds are chosen on the time-based validation rows (never on the rows the network fitted)
-with a rule a fraud desk can read back: by default the score that maximises F1 (alerts are
-worth opening about as often as fraud is missed), or the lowest score that keeps a target
-precision ("at least P of alerts are fraud"). Severity bands split the validation alerts by
-score: medium from the threshold, high from their median, critical from their 90th percentile.
+with a rule a desk can read back: the score that maximises F1 (the fraud default: alerts are
+worth opening about as often as fraud is missed), the lowest score that keeps a target
+precision ("at least P of alerts are fraud"), or an alert budget ("the top R of events": the
+market default, where a weak signal and a 20 % base rate would make max-F1 alert most days).
+Severity bands split the validation alerts by score: medium from the threshold, high from their
+median, critical from their 90th percentile.
 """
 
 from __future__ import annotations
@@ -20,15 +22,15 @@ import numpy as np
 
 from riskstream.training.metrics import best_f1_threshold, precision_target_threshold
 
-THRESHOLD_RULE_PATTERN = re.compile(r"^(max-f1|precision:(0?\.\d+|1(\.0*)?))$")
+THRESHOLD_RULE_PATTERN = re.compile(r"^(max-f1|(precision|top):(0?\.\d+|1(\.0*)?))$")
 LIBRARIES = ("riskstream", "tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 
 
 def parse_threshold_rule(rule: str) -> str:
-    if not THRESHOLD_RULE_PATTERN.match(rule):
+    if not THRESHOLD_RULE_PATTERN.match(rule) or float(rule.partition(":")[2] or 1) <= 0:
         raise ValueError(
-            f"threshold rule {rule!r} is not 'max-f1' or 'precision:P' with 0 < P <= 1 "
-            "(e.g. precision:0.8)"
+            f"threshold rule {rule!r} is not 'max-f1', 'precision:P' or 'top:R' with "
+            "0 < P, R <= 1 (e.g. precision:0.8, top:0.1)"
         )
     return rule
 
@@ -42,11 +44,24 @@ def choose_threshold(rule: str, labels: np.ndarray, scores: np.ndarray) -> tuple
             f"max-f1: the validation score maximising F1 (alert when score >= threshold); "
             f"validation F1 {f1:.3f}"
         )
-    target = float(rule.split(":", 1)[1])
-    threshold, recall = precision_target_threshold(labels, scores, target)
+    kind, _, value = rule.partition(":")
+    target = float(value)
+    if kind == "precision":
+        threshold, recall = precision_target_threshold(labels, scores, target)
+        return threshold, (
+            f"precision:{target:g}: the lowest validation score whose alerts are at least "
+            f"{target:.0%} positive (alert when score >= threshold); validation recall "
+            f"{recall:.3f}"
+        )
+    threshold = float(np.quantile(np.asarray(scores, dtype=np.float64), 1.0 - target))
+    alerts = np.asarray(scores) >= threshold
+    hits = int(np.sum(alerts & (np.asarray(labels) == 1)))
+    precision = hits / max(int(alerts.sum()), 1)
+    recall = hits / max(int(np.sum(np.asarray(labels) == 1)), 1)
     return threshold, (
-        f"precision:{target:g}: the lowest validation score whose alerts are at least "
-        f"{target:.0%} fraud (alert when score >= threshold); validation recall {recall:.3f}"
+        f"top:{target:g}: alert on the highest-scoring {target:.0%} of validation events "
+        f"(alert when score >= threshold); validation precision {precision:.3f}, "
+        f"recall {recall:.3f}"
     )
 
 
