@@ -89,16 +89,17 @@ class CardPrecision:
 
 
 def _day_top_k_detected(
-    scores: np.ndarray, labels: np.ndarray, customers: np.ndarray, k: int
+    scores: np.ndarray, labels: np.ndarray, customer_codes: np.ndarray, k: int
 ) -> np.ndarray:
-    """Compromised customers among the day's k highest max-scores (one row per customer)."""
-    unique_customers, inverse = np.unique(customers, return_inverse=True)
-    max_score = np.full(unique_customers.size, -np.inf)
+    """Codes of the compromised customers among the day's k highest max-scores (one row per
+    customer; ties keep customer order, as a stable sort of the grouped frame would)."""
+    unique_codes, inverse = np.unique(customer_codes, return_inverse=True)
+    max_score = np.full(unique_codes.size, -np.inf)
     np.maximum.at(max_score, inverse, scores)
-    max_label = np.zeros(unique_customers.size, dtype=np.int8)
+    max_label = np.zeros(unique_codes.size, dtype=np.int8)
     np.maximum.at(max_label, inverse, labels)
     top = np.argsort(-max_score, kind="mergesort")[:k]
-    return unique_customers[top[max_label[top] == 1]]
+    return unique_codes[top[max_label[top] == 1]]
 
 
 def card_precision_top_k(
@@ -119,19 +120,19 @@ def card_precision_top_k(
     days = np.asarray(days).reshape(-1)
     if not (y.size == s.size == customers.size == days.size):
         raise ValueError("labels, scores, customers and days must have the same length")
-    detected: set = set()
+    # Integer codes once: membership tests on object arrays are quadratic in numpy.
+    _, codes = np.unique(customers, return_inverse=True)
+    detected = np.zeros(int(codes.max()) + 1 if codes.size else 0, dtype=bool)
     per_day: list[float] = []
     compromised: list[int] = []
     for day in np.unique(days):
-        in_day = days == day
-        if detected:
-            in_day &= ~np.isin(customers, np.array(sorted(detected), dtype=customers.dtype))
-        day_customers = customers[in_day]
-        compromised.append(int(np.unique(day_customers[y[in_day] == 1]).size))
-        found = _day_top_k_detected(s[in_day], y[in_day], day_customers, k)
+        in_day = (days == day) & ~detected[codes]
+        day_codes = codes[in_day]
+        compromised.append(int(np.unique(day_codes[y[in_day] == 1]).size))
+        found = _day_top_k_detected(s[in_day], y[in_day], day_codes, k)
         per_day.append(found.size / k)
         if remove_detected:
-            detected.update(found.tolist())
+            detected[found] = True
     mean = float(np.mean(per_day)) if per_day else float("nan")
     return CardPrecision(mean=mean, per_day=tuple(per_day), compromised_per_day=tuple(compromised))
 
