@@ -1,4 +1,10 @@
-"""`riskstream worker`: load the models, reach the broker, then run the Faust application."""
+"""`riskstream worker`: load the models, reach the broker, then run the Faust application.
+
+Exit codes: 0 stopped (SIGTERM/SIGINT); 2 the metrics port cannot be served; 3 a model is
+missing, broken or does not match the feature code; 4 the broker lost the worker's topics (see
+riskstream.app); anything else is a crash. A supervisor (Kubernetes, compose `restart:`) should
+restart the worker on 4 and on crashes, and alert on 2 and 3, which a restart does not fix.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,42 @@ from riskstream.config import Settings
 log = logging.getLogger("riskstream.worker")
 
 
+EXIT_METRICS_PORT = 2
+EXIT_BAD_MODEL = 3
+
+
 def load_models(settings: Settings) -> dict[str, Any]:
     """The newest version of every configured model; ModelError says what is wrong."""
     from riskstream.scoring import load_model
 
-    return {name: load_model(settings.models_dir, name) for name in settings.worker.models}
+    models = {name: load_model(settings.models_dir, name) for name in settings.worker.models}
+    for model in models.values():
+        check_model_scores(model)
+    return models
+
+
+def check_model_scores(model: Any) -> None:
+    """Score one typical row (the training means) before serving: a graph that loads can still
+    return NaN or the wrong shape, and would then fail every micro-batch instead of refusing to
+    start."""
+    import numpy as np
+
+    from riskstream.scoring import RETRAIN_HINT, ModelError
+
+    hint = RETRAIN_HINT.format(name=model.name)
+    typical = np.asarray([model.card["feature_means"]], dtype=np.float32)
+    try:
+        scores = model.score(typical)
+    except Exception as exc:  # onnxruntime raises its own types for graphs that fail to run
+        raise ModelError(
+            f"{model.path}: scoring one typical row failed ({type(exc).__name__}: "
+            f"{str(exc).strip()[:300]}): the ONNX graph is broken; {hint}"
+        ) from exc
+    if scores.shape != (1,) or not 0.0 <= float(scores[0]) <= 1.0:  # NaN fails the range test
+        raise ModelError(
+            f"{model.path}: scoring one typical row returned {scores.tolist()!r}, not one "
+            f"probability in [0, 1]: the ONNX graph is broken or is not a riskstream model; {hint}"
+        )
 
 
 def input_topics(settings: Settings) -> dict[str, int]:
@@ -47,7 +84,9 @@ async def wait_for_topics(settings: Settings, max_backoff: float = 30.0) -> dict
         try:
             return await ensure_topics(settings.kafka, input_topics(settings))
         except BrokerUnavailable as exc:
-            log.warning("%s; retrying in %.1f s", exc, delay)
+            cause = exc.__cause__  # refused, timed out, TLS or SASL failure: say which
+            why = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+            log.warning("%s%s; retrying in %.1f s", exc, why, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_backoff)
 
@@ -58,7 +97,7 @@ def run_worker(settings: Settings) -> None:
     from mode import Service
 
     from riskstream.app import build_app, worker_id
-    from riskstream.metrics import MetricsServer, WorkerMetrics
+    from riskstream.metrics import MetricsServer, MetricsServerError, WorkerMetrics
     from riskstream.scoring import ModelError
 
     logging.basicConfig(
@@ -71,7 +110,7 @@ def run_worker(settings: Settings) -> None:
         models = load_models(settings)
     except ModelError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(3)
+        sys.exit(EXIT_BAD_MODEL)
     for model in models.values():
         log.info(
             "model %s version %s from %s (threshold %.4f)",
@@ -81,33 +120,33 @@ def run_worker(settings: Settings) -> None:
             model.threshold,
         )
     loop = new_event_loop()
-    asyncio.set_event_loop(loop)  # Faust and the checks below share one loop
-    partitions = loop.run_until_complete(wait_for_topics(settings))
-    log.info("topics ready: %s", partitions)
+    asyncio.set_event_loop(loop)  # Faust, the metrics server and the checks below share one loop
 
     metrics = WorkerMetrics()
     metrics.set_worker(worker_id(), _version())
     for model in models.values():
         metrics.set_model(model.name, model.version)
-    app = build_app(settings, models, metrics, partitions)
-
-    def health() -> tuple[bool, dict[str, Any]]:
-        return app_health(app)
-
+    metrics.set_healthy(False)
+    health = WorkerHealth(settings.kafka.bootstrap_servers)
+    # Served before the broker is reached, so /healthz says why the worker is not ready yet.
     server = MetricsServer(settings.metrics_host, settings.metrics_port, metrics.registry, health)
+    try:
+        loop.run_until_complete(server.start())
+    except MetricsServerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_METRICS_PORT)
+    log.info("metrics at http://%s:%s/metrics", settings.metrics_host, settings.metrics_port)
+
+    partitions = loop.run_until_complete(wait_for_topics(settings))
+    log.info("topics ready: %s", partitions)
+    health.app = build_app(settings, models, metrics, partitions)
 
     class MetricsService(Service):
-        async def on_start(self) -> None:
-            await server.start()
-            log.info(
-                "metrics at http://%s:%s/metrics", settings.metrics_host, settings.metrics_port
-            )
-
         async def on_stop(self) -> None:
             await server.stop()
 
     worker = faust.Worker(
-        app,
+        health.app,
         MetricsService(),
         loglevel=settings.worker.log_level,
         quiet=True,
@@ -115,6 +154,22 @@ def run_worker(settings: Settings) -> None:
         loop=loop,
     )
     worker.execute_from_commandline()
+
+
+class WorkerHealth:
+    """/healthz: 'waiting for broker' until the Faust app exists, then app_health()."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.app: Any = None
+
+    def __call__(self) -> tuple[bool, dict[str, Any]]:
+        if self.app is None:
+            return False, {
+                "state": "waiting for broker",
+                "reasons": [f"no Kafka broker has answered at {self.bootstrap_servers} yet"],
+            }
+        return app_health(self.app)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -132,12 +187,19 @@ def app_health(app: Any) -> tuple[bool, dict[str, Any]]:
 
     progress = app.riskstream_progress
     since_contact = time.monotonic() - progress.last_broker_contact
-    details = {
+    healthy = since_contact < 20.0
+    details: dict[str, Any] = {
         "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
         "seconds_since_broker_contact": round(since_contact, 1),
         "rebalancing": bool(app.rebalancing),
     }
-    return since_contact < 20.0, details
+    if not healthy:
+        details["reasons"] = [
+            f"no answer from the Kafka broker for {since_contact:.0f} s"
+            if progress.last_broker_contact
+            else "the Kafka broker has not answered since the worker started"
+        ]
+    return healthy, details
 
 
 def _version() -> str:
@@ -173,7 +235,8 @@ def worker_command(
 
     Consumes transactions, risk.labels and market.indicators; publishes risk.scores,
     risk.alerts and risk.dlq. Refuses to start (exit 3) when a model is missing or does not
-    match the feature code. Stop with Ctrl-C or SIGTERM.
+    match the feature code, exit 4 when the broker lost its topics (restart it then). Stop
+    with Ctrl-C or SIGTERM.
     """
     import dataclasses
 
