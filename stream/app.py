@@ -3,21 +3,29 @@
 Topology (see riskstream.pipeline for the per-event work):
 
     transactions ─► fraud_customer_stage ─► <app>-fraud-by-terminal ─► fraud_terminal_stage ─┐
-    risk.labels  ─► label_forwarder ─────────────────┘                                       │
+    risk.labels  ─► label_forwarder ─────────────────┘  (+ watermarks)   (holds until due)   │
     market.indicators ─► market_stage ───────────────────────────────────────────────────────┤
                           micro-batches ─► onnxruntime ─► risk.scores, risk.alerts ◄──────────┘
     any bad message ──► risk.dlq (with a stable error code and its original bytes)
 
 Every table write happens while Faust iterates the event that caused it, so the changelog
 partition is the event's partition and a restarted or rebalanced worker recovers the state.
+
+A broker that comes back without the worker's topics (a memory-only broker restarted, topics
+deleted) has lost the changelogs and committed offsets the worker relies on, and some brokers
+(Tansu) then accept writes to the vanished topics without listing them, so consumers never see
+those records. The worker cannot repair that in place: it exits with EXIT_TOPICS_LOST and a
+restart recreates the topics and starts from what the broker still has.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -29,13 +37,19 @@ from faust.types import EventT, StreamT
 from riskstream import contracts, pipeline
 from riskstream.batching import MicroBatcher
 from riskstream.config import Settings
-from riskstream.kafka import faust_credentials
+from riskstream.faust_app import faust_app
+from riskstream.features import fraud as fraud_features
+from riskstream.watermarks import CAUGHT_UP, HoldQueue, SourceClocks
 
 log = logging.getLogger("riskstream.worker")
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 # Tables take their serializers from the app (raw): state is packed by the feature module.
 RAW_TABLE = {"key_type": bytes, "value_type": bytes}
+EXIT_TOPICS_LOST = 4
+TOPIC_CHECK_SECONDS = 5.0
+BROKER_TIMEOUT_S = 10.0
+TOPIC_MISSES_BEFORE_EXIT = 2  # a topic must be missing in two checks in a row
 
 
 @dataclasses.dataclass
@@ -45,10 +59,13 @@ class Progress:
     offsets: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
     sources: set[str] = dataclasses.field(default_factory=set)
     last_broker_contact: float = 0.0
+    assigned: bool = False  # topics are only checked once the group gave us partitions
+    topic_misses: int = 0
 
     def saw(self, event: EventT) -> None:
         message = event.message
-        self.offsets[(message.topic, message.partition)] = message.offset
+        key = (message.topic, message.partition)
+        self.offsets[key] = max(message.offset, self.offsets.get(key, -1))
 
 
 async def send_raw(app: faust.App, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
@@ -64,26 +81,40 @@ def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _faust_app(settings: Settings, partitions: int) -> faust.App:
-    worker = settings.worker
-    return faust.App(
-        worker.app_id,
-        broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
-        broker_credentials=faust_credentials(settings.kafka),
-        store=worker.store,
-        datadir=str(worker.data_dir),
-        topic_partitions=partitions,
-        topic_replication_factor=1,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=worker.session_timeout_s,
-        broker_rebalance_timeout=worker.rebalance_timeout_s,
-        broker_heartbeat_interval=worker.heartbeat_interval_s,
-        producer_linger_ms=5,
-        web_enabled=False,
-        autodiscover=False,
-        key_serializer="raw",
-        value_serializer="raw",
+async def missing_topics(settings: Settings, wanted: set[str]) -> set[str] | None:
+    """The wanted topics the broker does not list; None when the broker does not answer.
+
+    Lists every topic instead of describing the wanted ones: a metadata request that names a
+    topic creates it on brokers that auto-create topics (Tansu, Kafka's default), which would
+    hide the loss behind an empty topic with the broker's default partition count.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**settings.kafka.aiokafka_kwargs(), request_timeout_ms=5000)
+    try:
+        await asyncio.wait_for(admin.start(), 5.0)
+        listed = set(await admin.list_topics())
+    except Exception as exc:
+        log.debug("cannot list topics: %s", exc)
+        return None
+    finally:
+        await admin.close()
+    return wanted - listed
+
+
+def exit_topics_lost(settings: Settings, missing: set[str]) -> None:
+    """Exit at once: the outputs of anything processed from here on could be unreadable."""
+    log.critical(
+        "the broker at %s no longer has topics %s: it lost its data (a memory-only broker "
+        "restarted, or the topics were deleted). Exiting with code %d: restart the worker to "
+        "recreate the topics; the windowed state those topics held is gone.",
+        settings.kafka.bootstrap_servers,
+        sorted(missing),
+        EXIT_TOPICS_LOST,
     )
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_TOPICS_LOST)  # a graceful stop would retry commits to the lost topics
 
 
 def build_app(
@@ -95,7 +126,7 @@ def build_app(
     """Wire the topology for the models given (`fraud`, `market`); returns the Faust app."""
     topics = settings.topics
     fraud_partitions = partitions.get(topics.transactions, settings.worker.partitions)
-    app = _faust_app(settings, fraud_partitions)
+    app = faust_app(settings, fraud_partitions)
     progress = Progress()
     app.riskstream_progress = progress  # type: ignore[attr-defined]
     batchers: list[MicroBatcher] = []
@@ -153,9 +184,7 @@ def build_app(
         return batcher
 
     if "fraud" in models:
-        _wire_fraud(
-            app, settings, models["fraud"], metrics, fraud_partitions, guarded, make_batcher
-        )
+        _wire_fraud(app, settings, models["fraud"], metrics, partitions, guarded, make_batcher)
     if "market" in models:
         market_partitions = partitions.get(topics.market, settings.worker.partitions)
         _wire_market(app, settings, models["market"], market_partitions, guarded, make_batcher)
@@ -168,10 +197,16 @@ def build_app(
     @app.timer(interval=5.0)
     async def report_lag() -> None:
         assignment = app.consumer.assignment()
-        try:
-            high = await app.consumer.highwaters(*assignment) if assignment else {}
+        try:  # bounded: a broker that hangs (frozen, partitioned) must show up in the log too
+            high = (
+                await asyncio.wait_for(app.consumer.highwaters(*assignment), BROKER_TIMEOUT_S)
+                if assignment
+                else {}
+            )
         except Exception as exc:
-            log.warning("cannot reach the broker for high water marks: %s", exc)
+            log.warning(
+                "cannot reach the broker for high water marks: %s: %s", type(exc).__name__, exc
+            )
             metrics.set_healthy(False)
             return
         progress.last_broker_contact = time.monotonic()
@@ -182,6 +217,26 @@ def build_app(
             done = progress.offsets.get((tp.topic, tp.partition), -1)
             metrics.set_lag(tp.topic, tp.partition, max(0, highwater - done - 1))
 
+    @app.timer(interval=TOPIC_CHECK_SECONDS)
+    async def watch_topics() -> None:
+        if not progress.assigned:
+            return
+        wanted = {
+            *progress.sources,
+            *app.tables.changelog_topics,
+            topics.scores,
+            topics.alerts,
+            topics.dlq,
+        }
+        missing = await missing_topics(settings, wanted)
+        if missing is None:  # the broker does not answer: report_lag marks the worker unhealthy
+            return
+        progress.topic_misses = progress.topic_misses + 1 if missing else 0
+        if progress.topic_misses >= TOPIC_MISSES_BEFORE_EXIT:
+            exit_topics_lost(settings, missing)
+        if missing:
+            log.error("the broker does not list topics %s; checking again", sorted(missing))
+
     @app.on_partitions_revoked.connect
     async def flush_before_revoke(sender: faust.App, revoked: Any, **kwargs: Any) -> None:
         """Score what is pending before the partitions move, so little is scored twice."""
@@ -190,6 +245,7 @@ def build_app(
 
     @app.on_partitions_assigned.connect
     async def forget_moved_partitions(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
+        progress.assigned = True
         metrics.retain_partitions((tp.topic, tp.partition) for tp in assigned)
 
     return app
@@ -200,28 +256,46 @@ def _wire_fraud(
     settings: Settings,
     model: Any,
     metrics: Any,
-    partitions: int,
+    partitions: dict[str, int],
     guarded: Callable[..., Awaitable[tuple[bool, Any]]],
     make_batcher: Callable[[Any, str], MicroBatcher],
 ) -> None:
+    """Two stages joined by event-time watermarks (see riskstream.watermarks)."""
     topics = settings.topics
-    transactions = app.topic(topics.transactions, partitions=partitions, **RAW)
-    labels = app.topic(topics.labels, **RAW)
+    n_transactions = partitions.get(topics.transactions, settings.worker.partitions)
+    n_labels = partitions.get(topics.labels, settings.worker.partitions)
+    transactions = app.topic(topics.transactions, partitions=n_transactions, **RAW)
+    labels = app.topic(topics.labels, partitions=n_labels, **RAW)
     by_terminal = app.topic(
-        f"{settings.worker.app_id}-fraud-by-terminal", partitions=partitions, internal=True, **RAW
+        f"{settings.worker.app_id}-fraud-by-terminal",
+        partitions=n_transactions,
+        internal=True,
+        **RAW,
     )
     by_terminal_name = by_terminal.get_topic_name()
-    customers = app.Table("customers", partitions=partitions, **RAW_TABLE)
-    terminals = app.Table("terminals", partitions=partitions, **RAW_TABLE)
+    customers = app.Table("customers", partitions=n_transactions, **RAW_TABLE)
+    terminals = app.Table("terminals", partitions=n_transactions, **RAW_TABLE)
     batcher = make_batcher(model, topics.transactions)
-    app.riskstream_progress.sources.update(  # type: ignore[attr-defined]
-        {transactions.get_topic_name(), labels.get_topic_name(), by_terminal.get_topic_name()}
-    )
+    source_topics = {transactions.get_topic_name(), labels.get_topic_name()}
+    app.riskstream_progress.sources.update({*source_topics, by_terminal_name})  # type: ignore[attr-defined]
+    sources = [(topics.transactions, p) for p in range(n_transactions)] + [
+        (topics.labels, p) for p in range(n_labels)
+    ]
+    clocks = SourceClocks(refresh_seconds=1.0)
+    queues: dict[int, HoldQueue[tuple[EventT, pipeline.ForwardedTransaction]]] = {}
+    delay = float(fraud_features.LABEL_DELAY_SECONDS)
 
     async def forward(message: pipeline.Forwarded) -> None:
         await send_raw(
             app, by_terminal_name, message.terminal_id.encode(), pipeline.encode_forwarded(message)
         )
+
+    async def report(source: tuple[str, int], value: float) -> None:
+        """To every stage-2 partition, after the forwards it covers (same producer)."""
+        mark = pipeline.encode_forwarded(pipeline.ForwardedWatermark(*source, value))
+        for partition in range(n_transactions):
+            await app.producer.send(by_terminal_name, None, mark, partition, None, None)
+        clocks.sent(source, value, time.monotonic())
 
     @app.agent(transactions, name="fraud-customer-stage")
     async def fraud_customer_stage(stream: StreamT) -> None:
@@ -233,29 +307,91 @@ def _wire_fraud(
             if ok:
                 await forward(forwarded)
                 metrics.count_events(m.topic, "forwarded")
+            clocks.processed((m.topic, m.partition), m.offset, forwarded.timestamp if ok else None)
 
     @app.agent(labels, name="label-forwarder")
     async def label_forwarder(stream: StreamT) -> None:
         async for event in stream.events():
             m = event.message
+            source = (m.topic, m.partition)
             ok, label = await guarded(event, pipeline.ingest_label, m.value, m.key)
             if ok:
                 await forward(label)
                 metrics.count_events(m.topic, "label")
+            clocks.processed(source, m.offset, label.label_timestamp - delay if ok else None)
+            # Live labels are rare: say at once that nothing older follows, or every
+            # transaction after a label would wait for the next periodic report.
+            if clocks.caught_up(source, app.consumer.highwater(event.message.tp)):
+                await report(source, CAUGHT_UP)
+
+    async def score_transaction(
+        stream: StreamT, event: EventT, transaction: pipeline.ForwardedTransaction
+    ) -> None:
+        ok, pending = await guarded(event, pipeline.terminal_stage, transaction, terminals)
+        if ok and pending is not None:
+            await batcher.add(pending, _acker(stream, event))
+        else:
+            await stream.ack(event)
+
+    async def score_released(stream: StreamT, queue: HoldQueue[Any]) -> None:
+        for held_event, transaction in queue.release():
+            await score_transaction(stream, held_event, transaction)
+        metrics.set_held(sum(len(q) for q in queues.values()))
 
     @app.agent(by_terminal, name="fraud-terminal-stage")
     async def fraud_terminal_stage(stream: StreamT) -> None:
         manual = stream.noack()
         async for event in manual.events():
-            ok, pending = await guarded(event, _terminal_step, event.message.value, terminals)
-            if ok and pending is not None:
-                await batcher.add(pending, _acker(manual, event))
-            else:
-                await manual.ack(event)
+            partition = event.message.partition
+            queue = queues.get(partition)
+            if queue is None:
+                queue = queues[partition] = HoldQueue(sources, delay)
+            ok, message = await guarded(event, pipeline.decode_forwarded, event.message.value)
+            if ok and isinstance(message, pipeline.ForwardedTransaction):
+                if queue.ready(message.timestamp):
+                    await score_transaction(manual, event, message)
+                else:
+                    queue.hold(message.timestamp, (event, message))
+                    metrics.set_held(sum(len(q) for q in queues.values()))
+                continue
+            if ok and isinstance(message, pipeline.ForwardedWatermark):
+                queue.mark((message.topic, message.partition), message.time)
+                await score_released(manual, queue)
+            elif ok:
+                await guarded(event, pipeline.terminal_stage, message, terminals)
+            await manual.ack(event)
+
+    @app.timer(interval=max(settings.worker.watermark_interval_ms / 1000.0, 0.01))
+    async def report_watermarks() -> None:
+        if app.rebalancing:
+            return
+        owned = [tp for tp in app.consumer.assignment() if tp.topic in source_topics]
+        clocks.retain((tp.topic, tp.partition) for tp in owned)
+        for tp in owned:
+            source = (tp.topic, tp.partition)
+            if clocks.needs_start(source):
+                clocks.started_at(source, await _start_offset(app, tp))
+            value = clocks.value(source, app.consumer.highwater(tp))
+            if clocks.should_send(source, value, time.monotonic()):
+                await report(source, value)
+
+    @app.on_partitions_revoked.connect
+    async def drop_held(sender: faust.App, revoked: Any, **kwargs: Any) -> None:
+        """Held transactions of a partition that moves are not acked: its new owner reads
+        them again from the last commit, with the watermarks that follow them."""
+        for tp in revoked:
+            if tp.topic == by_terminal_name:
+                queues.pop(tp.partition, None)
+        metrics.set_held(sum(len(q) for q in queues.values()))
 
 
-def _terminal_step(raw: bytes, terminals: pipeline.StateTable) -> pipeline.PendingScore | None:
-    return pipeline.terminal_stage(pipeline.decode_forwarded(raw), terminals)
+async def _start_offset(app: faust.App, tp: Any) -> int:
+    """Where this worker began reading a partition: its committed offset, else the earliest."""
+    committed = app.consumer._committed_offset.get(tp)  # Faust has no public accessor
+    if committed is not None:
+        return int(committed)
+    earliest = await app.consumer.earliest_offsets(tp)
+    return int(earliest.get(tp, 0) or 0)
 
 
 def _ms(timestamp_seconds: float) -> int:

@@ -91,6 +91,9 @@ class WorkerSettings:
     partitions: int = 6
     batch_size: int = 512
     batch_wait_ms: int = 20
+    watermark_interval_ms: int = 200
+    fetch_max_wait_ms: int = 50
+    linger_ms: int = 5
     session_timeout_s: float = 30.0
     rebalance_timeout_s: float = 30.0
     heartbeat_interval_s: float = 3.0
@@ -110,6 +113,11 @@ class WorkerSettings:
             partitions=int(env.get("RISKSTREAM_PARTITIONS", cls.partitions)),
             batch_size=int(env.get("RISKSTREAM_BATCH_SIZE", cls.batch_size)),
             batch_wait_ms=int(env.get("RISKSTREAM_BATCH_WAIT_MS", cls.batch_wait_ms)),
+            fetch_max_wait_ms=int(env.get("RISKSTREAM_FETCH_MAX_WAIT_MS", cls.fetch_max_wait_ms)),
+            linger_ms=int(env.get("RISKSTREAM_LINGER_MS", cls.linger_ms)),
+            watermark_interval_ms=int(
+                env.get("RISKSTREAM_WATERMARK_INTERVAL_MS", cls.watermark_interval_ms)
+            ),
             session_timeout_s=float(env.get("RISKSTREAM_SESSION_TIMEOUT_S", cls.session_timeout_s)),
             rebalance_timeout_s=float(
                 env.get("RISKSTREAM_REBALANCE_TIMEOUT_S", cls.rebalance_timeout_s)

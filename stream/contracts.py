@@ -22,7 +22,8 @@ Error codes (stable: they end up in dead letters and in the ``reason`` metric la
 - ``bad_format``         a string does not have its required form (currency code, enum value)
 - ``bad_timestamp``      a timestamp is not an RFC 3339 date-time with a zone, or not a real date
 - ``out_of_range``       a value is outside its bounds (negative amount, year before 1970,
-                         too many indicators, ...)
+                         too many indicators, ...); the worker also raises it for an event
+                         time more than a day ahead of its clock
 - ``inconsistent``       fields contradict each other (market ``high`` below ``low``, ``open`` or
                          ``close`` outside ``[low, high]``)
 - ``key_mismatch``       raised by the worker: the Kafka message key is missing or is not the

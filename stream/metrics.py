@@ -255,6 +255,12 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.held_transactions = Gauge(
+            "riskstream_held_transactions",
+            "Transactions waiting for slower source partitions to pass their event time "
+            "(see riskstream.watermarks); grows only while a worker catches up on a backlog.",
+            registry=registry,
+        )
         self.worker_healthy = Gauge(
             "riskstream_worker_healthy",
             "1 when the worker is connected, assigned and scoring; 0 otherwise.",
@@ -391,6 +397,9 @@ class WorkerMetrics:
         for key in [key for key in self._lag_children if key not in keep]:
             del self._lag_children[key]
             self.consumer_lag.remove(key[0], str(key[1]))
+
+    def set_held(self, count: int) -> None:
+        self.held_transactions.set(count)
 
     def set_healthy(self, healthy: bool) -> None:
         self.worker_healthy.set(1 if healthy else 0)

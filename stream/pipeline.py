@@ -14,6 +14,7 @@ Market events need one state (per instrument) and go straight to scoring.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 
@@ -47,9 +48,19 @@ class ForwardedLabel(msgspec.Struct, tag="label", array_like=True, frozen=True):
     transaction_timestamp: float
     terminal_id: str
     fraud: bool
+    label_timestamp: float = float("nan")
 
 
-Forwarded = ForwardedTransaction | ForwardedLabel
+class ForwardedWatermark(msgspec.Struct, tag="wm", array_like=True, frozen=True):
+    """Stage 1 has forwarded everything from one source partition up to `time` (transaction
+    time; +inf: caught up). See riskstream.watermarks."""
+
+    topic: str
+    partition: int
+    time: float
+
+
+Forwarded = ForwardedTransaction | ForwardedLabel | ForwardedWatermark
 _forward_encoder = msgspec.msgpack.Encoder()
 _forward_decoder = msgspec.msgpack.Decoder(Forwarded)
 
@@ -95,18 +106,40 @@ def _check_key(key: bytes | None, expected: str, field: str) -> None:
         )
 
 
+MAX_CLOCK_SKEW_SECONDS = 86_400.0
+"""How far ahead of the worker's clock an event time may be. Further ahead is not a clock skew
+but a wrong timestamp, and such an event would hold back every transaction behind it (stage 2
+waits until every source passes an event's time, see riskstream.watermarks)."""
+
+
+def _check_not_future(moment: datetime, field: str, now: float | None) -> float:
+    seconds = moment.timestamp()
+    limit = (time.time() if now is None else now) + MAX_CLOCK_SKEW_SECONDS
+    if seconds > limit:
+        raise ContractError(
+            "out_of_range",
+            f"field '{field}' ({rfc3339(moment)}) is more than a day ahead of the worker's "
+            "clock: fix the producer's timestamps (or the worker host's clock)",
+        )
+    return seconds
+
+
 def _load(table: StateTable, key: bytes, state_type: Callable[[], object]) -> object:
     stored = table.get(key)
     return state_type.from_bytes(stored) if stored is not None else state_type()  # type: ignore[attr-defined]
 
 
 def ingest_transaction(
-    raw: bytes | None, key: bytes | None, timestamp_ms: int, customers: StateTable
+    raw: bytes | None,
+    key: bytes | None,
+    timestamp_ms: int,
+    customers: StateTable,
+    now: float | None = None,
 ) -> ForwardedTransaction:
     """Stage 1: validate, update the customer's state, compute the customer-side features."""
     tx = contracts.decode_transaction(raw)
     _check_key(key, tx.customer_id, "customer_id")
-    ts = tx.timestamp.timestamp()
+    ts = _check_not_future(tx.timestamp, "timestamp", now)
     customer_key = tx.customer_id.encode()
     state = _load(customers, customer_key, fraud_features.CustomerState)
     customer_part = fraud_features.customer_step(state, tx.transaction_id, ts, tx.amount)
@@ -123,19 +156,24 @@ def ingest_transaction(
     )
 
 
-def ingest_label(raw: bytes | None, key: bytes | None) -> ForwardedLabel:
+def ingest_label(raw: bytes | None, key: bytes | None, now: float | None = None) -> ForwardedLabel:
     """Validate a fraud label; it is keyed by transaction id and re-keyed by terminal."""
     label = contracts.decode_label(raw)
     _check_key(key, label.transaction_id, "transaction_id")
     return ForwardedLabel(
         transaction_id=label.transaction_id,
-        transaction_timestamp=label.transaction_timestamp.timestamp(),
+        transaction_timestamp=_check_not_future(
+            label.transaction_timestamp, "transaction_timestamp", now
+        ),
         terminal_id=label.terminal_id,
         fraud=label.fraud,
+        label_timestamp=_check_not_future(label.timestamp, "timestamp", now),
     )
 
 
-def terminal_stage(message: Forwarded, terminals: StateTable) -> PendingScore | None:
+def terminal_stage(
+    message: ForwardedTransaction | ForwardedLabel, terminals: StateTable
+) -> PendingScore | None:
     """Stage 2: apply a label, or add a transaction and return its full feature vector."""
     terminal_key = message.terminal_id.encode()
     state = _load(terminals, terminal_key, fraud_features.TerminalState)

@@ -211,3 +211,25 @@ def test_terminal_features_survive_stage_one_partitions_drifting_apart(
     offline = fraud.compute_fraud_features(history)
     online = np.asarray([vectors[str(i)] for i in history.transaction_id], dtype=np.float32)
     assert np.array_equal(online, offline)
+
+
+def test_an_event_more_than_a_day_ahead_of_the_clock_is_rejected_not_held() -> None:
+    """A wrong far-future time would hold every transaction behind it at stage 2."""
+    now = 1_735_725_600.0  # 2025-01-01T10:00:00Z, the time of _tx()
+    pipeline.ingest_transaction(_tx(), b"c1", 0, {}, now=now - 86_000)  # within a day: skew
+    with pytest.raises(contracts.ContractError, match="ahead of the worker's clock") as caught:
+        pipeline.ingest_transaction(_tx(), b"c1", 0, {}, now=now - 86_401)
+    assert caught.value.code == "out_of_range"
+    label = msgspec.json.encode(
+        {
+            "transaction_id": "t1",
+            "timestamp": "2025-01-08T10:00:00Z",
+            "transaction_timestamp": "2025-01-01T10:00:00Z",
+            "customer_id": "c1",
+            "terminal_id": "k1",
+            "fraud": True,
+        }
+    )
+    assert pipeline.ingest_label(label, b"t1", now=now + 7 * 86_400).label_timestamp > now
+    with pytest.raises(contracts.ContractError, match="'timestamp'"):
+        pipeline.ingest_label(label, b"t1", now=now)

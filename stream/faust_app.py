@@ -1,0 +1,152 @@
+"""The Faust application object with riskstream's settings, and two fixes to Faust's consumer.
+
+Offsets to commit. Faust commits, per partition, the first run of consecutive acknowledged
+offsets, but its check that the run starts at the committed offset is off by one (it lets a
+run start one past it) and is skipped while nothing was committed yet. Agents that acknowledge
+in order never notice; riskstream's terminal stage holds transactions unacknowledged while it
+acknowledges later messages (riskstream.watermarks), and with Faust's rule a crash or a
+rebalance then skipped held transactions: they were never scored (seen in the handbook replay
+with a second worker joining: 2,077 transactions lost). `_Consumer._new_offset` commits only a
+run that starts exactly at the committed offset (or, before any commit, with no unacknowledged
+message below it) — the at-least-once rule.
+
+Fetch wait. faust-streaming 0.15 creates its aiokafka consumer with `fetch_max_wait_ms=1500`
+written into the driver (faust/transport/drivers/aiokafka.py), not taken from a setting. A
+broker may hold a fetch that long before answering even when records arrived meanwhile (the
+embedded Tansu broker does), and a fraud score takes two fetches (transactions, then the
+terminal topic), so that constant alone put seconds into the event-to-score latency.
+`RiskstreamApp` builds its consumer through a driver subclass that only replaces that value
+(`RISKSTREAM_FETCH_MAX_WAIT_MS`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from riskstream.config import Settings
+from riskstream.kafka import faust_credentials
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms = getattr(self.app, "riskstream_fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            consumer._fetch_max_wait_ms = int(wait_ms)  # read by consumer.start() (its Fetcher)
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _new_offset(self, tp: Any) -> int | None:
+        """The offset to commit for tp: the end of the acknowledged run that starts where the
+        last commit ended; None when the message there is still unacknowledged."""
+        acked: list[int] = self._acked[tp]
+        if not acked:
+            return None
+        self._fold_gaps(tp, acked)
+        acked.sort()
+        committed = self._committed_offset[tp]
+        lowest_unacked = self._lowest_unacked(tp) if committed is None else None
+        end = committable_end(acked, committed, lowest_unacked)
+        if end is None:
+            return None
+        done = acked[: bisect.bisect_left(acked, end)]
+        del acked[: len(done)]
+        self._acked_index[tp].difference_update(done)
+        return end
+
+    def _fold_gaps(self, tp: Any, acked: list[int]) -> None:
+        """Offsets the broker skipped (Faust records them as gaps) count as acknowledged."""
+        gaps = self._gap[tp]
+        if not gaps:
+            return
+        top = max(acked)
+        skipped = [
+            n
+            for gap in sorted(gaps.overlap(0, top), key=lambda g: g.begin)
+            for n in range(gap.begin, gap.end)
+        ]
+        if skipped:
+            acked.extend(skipped)
+            gaps.chop(0, max(skipped[-1], top + 1))
+
+    def _lowest_unacked(self, tp: Any) -> int | None:
+        offsets = [m.offset for m in list(self._unacked_messages) if m.tp == tp and not m.acked]
+        return min(offsets) if offsets else None
+
+
+def committable_end(
+    acked: list[int], committed: int | None, lowest_unacked: int | None
+) -> int | None:
+    """Where a commit may move to, from sorted acknowledged offsets (see the module notes).
+
+    `committed` is Faust's last commit (the next offset to read; None before the first, and
+    Faust also stores a commit of 0 as None); nothing at or past `lowest_unacked` may be
+    committed.
+    """
+    run_end = acked[0]
+    for offset in acked:
+        if offset > run_end:
+            break
+        run_end = offset + 1
+    if committed is not None and acked[0] > committed:
+        return None  # the message at the committed offset is not acknowledged yet
+    if lowest_unacked is not None:
+        run_end = min(run_end, lowest_unacked)
+    if run_end <= acked[0] or (committed is not None and run_end <= committed):
+        return None
+    return run_end
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class RiskstreamApp(faust.App):
+    """faust.App whose Kafka consumer waits at most `riskstream_fetch_max_wait_ms` per fetch."""
+
+    riskstream_fetch_max_wait_ms: int | None = None
+
+    def _new_transport(self) -> Any:
+        if not str(self.conf.broker_consumer[0]).startswith("kafka:"):
+            return super()._new_transport()
+        return _Transport(self.conf.broker_consumer, self)
+
+
+def faust_app(settings: Settings, partitions: int) -> faust.App:
+    """The Faust app: raw bytes everywhere (the contracts and the feature module do the
+    encoding), no Faust web server (riskstream serves its own /metrics), group timing and
+    producer batching from the settings."""
+    worker = settings.worker
+    app = RiskstreamApp(
+        worker.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings.kafka),
+        store=worker.store,
+        datadir=str(worker.data_dir),
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=worker.session_timeout_s,
+        broker_rebalance_timeout=worker.rebalance_timeout_s,
+        broker_heartbeat_interval=worker.heartbeat_interval_s,
+        producer_linger=worker.linger_ms / 1000.0,
+        # On a rebalance, commit what is acked and move on instead of waiting for every event
+        # in flight: the terminal stage holds transactions unacked until slower partitions
+        # catch up (riskstream.watermarks), which can take longer than any rebalance may. The
+        # new owner reads them again from the commit, so nothing is lost.
+        stream_wait_empty=False,
+        web_enabled=False,
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    app.riskstream_fetch_max_wait_ms = worker.fetch_max_wait_ms
+    return app

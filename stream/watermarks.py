@@ -1,0 +1,146 @@
+"""Event-time watermarks between the two fraud stages.
+
+Terminal features of a transaction at time t count the terminal's transactions and fraud
+labels up to t − d (d = the label delay). Stage 1 reads many source partitions (transactions
+keyed by customer, labels keyed by transaction id) and forwards what it reads to the topic keyed
+by terminal. While a worker works through a backlog, those source partitions drift apart by days
+or weeks of event time (the consumer reads whichever partition has data), so a transaction could
+reach its terminal before earlier transactions from a slower partition, and be scored without
+them. Offline there is no such race, so the stream would disagree with `riskstream evaluate`.
+
+So stage 1 reports, for every source partition it owns, how far in event time it has forwarded
+(`SourceClocks`), to every partition of the terminal topic and through the same producer as the
+forwards, so a report always follows the forwards it covers. Stage 2 holds a transaction at t
+(`HoldQueue`) until every source partition reported passing t − d, then scores held
+transactions in event-time order. Labels need no holding: a label only ever counts for
+transactions at least d after its own, so applying one early changes nothing.
+
+Conventions:
+  - A transaction partition reports the newest transaction time it forwarded; a label partition
+    reports the newest label time minus d (a label is due d after its transaction), so both
+    speak in transaction time.
+  - A partition that is caught up (nothing left to read at its last known high-water mark)
+    reports +inf: only late events can still come from it, and a late event is scored from what
+    the state holds (exact within the allowed lateness). Without this an idle partition would
+    hold everything forever, and a live stream would wait for the next label.
+  - The latest report wins (a partition that was caught up and receives new events reports a
+    finite time again); a stage-2 partition that has not heard from every source holds.
+  - In live traffic nothing is held: transactions at t ≈ now need reports past now − d.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+Source = tuple[str, int]  # (topic, partition)
+CAUGHT_UP = math.inf
+UNKNOWN = -math.inf
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(slots=True)
+class _SourceProgress:
+    newest: float = UNKNOWN
+    next_offset: int | None = None  # the next offset to process: start, or last processed + 1
+    sent: float | None = None
+    sent_at: float = -math.inf
+
+
+class SourceClocks:
+    """Stage 1's side: how far each source partition this worker owns has been forwarded."""
+
+    def __init__(self, refresh_seconds: float = 1.0) -> None:
+        self.refresh_seconds = refresh_seconds
+        self._sources: dict[Source, _SourceProgress] = {}
+
+    def processed(self, source: Source, offset: int, event_time: float | None) -> None:
+        """After an event was handled (event_time: what it forwarded; None: dead-lettered)."""
+        progress = self._sources.setdefault(source, _SourceProgress())
+        progress.next_offset = max(progress.next_offset or 0, offset + 1)
+        if event_time is not None and event_time > progress.newest:
+            progress.newest = event_time
+
+    def needs_start(self, source: Source) -> bool:
+        progress = self._sources.get(source)
+        return progress is None or progress.next_offset is None
+
+    def started_at(self, source: Source, offset: int) -> None:
+        """Where reading began (committed offset or the partition's earliest), before any event."""
+        progress = self._sources.setdefault(source, _SourceProgress())
+        if progress.next_offset is None:
+            progress.next_offset = offset
+
+    def caught_up(self, source: Source, highwater: int | None) -> bool:
+        progress = self._sources.get(source)
+        if progress is None or progress.next_offset is None or highwater is None:
+            return False
+        return progress.next_offset >= highwater
+
+    def value(self, source: Source, highwater: int | None) -> float:
+        """What to report: +inf when caught up, else the newest forwarded event time."""
+        if self.caught_up(source, highwater):
+            return CAUGHT_UP
+        progress = self._sources.get(source)
+        return progress.newest if progress is not None else UNKNOWN
+
+    def should_send(self, source: Source, value: float, now: float) -> bool:
+        """On change, and every refresh_seconds anyway: a stage-2 partition that just moved to
+        another worker starts with no reports and must hear from every source again."""
+        progress = self._sources.setdefault(source, _SourceProgress())
+        return progress.sent != value or now - progress.sent_at >= self.refresh_seconds
+
+    def sent(self, source: Source, value: float, now: float) -> None:
+        progress = self._sources.setdefault(source, _SourceProgress())
+        progress.sent, progress.sent_at = value, now
+
+    def retain(self, owned: Iterable[Source]) -> None:
+        """Forget partitions this worker no longer owns; a new owner starts from the commit."""
+        keep = set(owned)
+        for source in [s for s in self._sources if s not in keep]:
+            del self._sources[source]
+
+
+class HoldQueue(Generic[T]):
+    """Stage 2's side, for one partition of the terminal topic: held transactions and the
+    latest report from every source partition."""
+
+    def __init__(self, sources: Iterable[Source], delay: float) -> None:
+        self.delay = delay
+        self._marks: dict[Source, float] = dict.fromkeys(sources, UNKNOWN)
+        self._safe = UNKNOWN if self._marks else CAUGHT_UP
+        self._held: list[tuple[float, int, T]] = []
+        self._arrivals = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    @property
+    def safe_time(self) -> float:
+        """Every source partition has forwarded everything up to here (in transaction time)."""
+        return self._safe
+
+    def mark(self, source: Source, value: float) -> None:
+        """A report from a source partition; unknown sources (not in the topology) are ignored."""
+        if source in self._marks:
+            self._marks[source] = value
+            self._safe = min(self._marks.values())
+
+    def ready(self, event_time: float) -> bool:
+        """Whether a transaction at event_time may be scored now."""
+        return event_time - self.delay < self._safe
+
+    def hold(self, event_time: float, item: T) -> None:
+        self._arrivals += 1
+        heapq.heappush(self._held, (event_time, self._arrivals, item))
+
+    def release(self) -> list[T]:
+        """The held transactions that became ready, oldest event time first (ties: arrival)."""
+        held, released = self._held, []
+        while held and held[0][0] - self.delay < self._safe:
+            released.append(heapq.heappop(held)[2])
+        return released
