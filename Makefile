@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install prometheus broker demo models test e2e-backlog bench lint format unit clean
+.PHONY: help install prometheus broker demo models test e2e reliability bench lint format unit clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,10 +56,13 @@ unit: $(STAMP) ## fast tests only (no broker, no training)
 
 test: $(STAMP) ## everything CI runs: lint, then the test suite
 	$(MAKE) --no-print-directory lint
-	$(BIN)/pytest -q -m "not needs_watermarks"
+	$(BIN)/pytest -q --durations=10
 
-e2e-backlog: $(STAMP) ## the handbook parity tests under a backlog (known to fail: README, Known gaps)
-	$(BIN)/pytest -q -m needs_watermarks
+e2e: $(STAMP) ## only the end-to-end stream tests (handbook and market replays through real workers)
+	$(BIN)/pytest -q -m e2e
+
+reliability: $(STAMP) ## only the crash, rebalance and broker-trouble tests
+	$(BIN)/pytest -q -m crash
 
 bench: $(STAMP) ## the performance benchmark (prints a table; not part of the tests)
 	$(BIN)/python bench/run.py

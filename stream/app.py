@@ -281,7 +281,7 @@ def _wire_fraud(
     sources = [(topics.transactions, p) for p in range(n_transactions)] + [
         (topics.labels, p) for p in range(n_labels)
     ]
-    clocks = SourceClocks(refresh_seconds=1.0)
+    clocks = SourceClocks(refresh_seconds=2.0)
     queues: dict[int, HoldQueue[tuple[EventT, pipeline.ForwardedTransaction]]] = {}
     delay = float(fraud_features.LABEL_DELAY_SECONDS)
 

@@ -91,7 +91,7 @@ class WorkerSettings:
     partitions: int = 6
     batch_size: int = 512
     batch_wait_ms: int = 20
-    watermark_interval_ms: int = 200
+    watermark_interval_ms: int = 500
     fetch_max_wait_ms: int = 50
     linger_ms: int = 5
     session_timeout_s: float = 30.0

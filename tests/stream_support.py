@@ -33,6 +33,7 @@ class StreamEnv:
     partitions: int = 4
     suffix: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:8])
     inputs: str = ""  # suffix of the input topics; empty: the same as `suffix`
+    extra: dict[str, str] = dataclasses.field(default_factory=dict)  # more worker settings
 
     def sibling(self) -> StreamEnv:
         """Another consumer group on the same input topics, with outputs of its own."""
@@ -59,6 +60,7 @@ class StreamEnv:
             "RISKSTREAM_REBALANCE_TIMEOUT_S": "1",
             "RISKSTREAM_HEARTBEAT_INTERVAL_S": "0.5",
             "RISKSTREAM_LOG_LEVEL": "info",
+            **self.extra,
         }
 
     def settings(self) -> Settings:
