@@ -376,7 +376,10 @@ def test_known_compromised_follows_the_handbook_rule() -> None:
     assert later.tolist() == [False, False, False, False, False, False, True, False]
 
 
-def write_market_csvs(folder: Path, bars: int = 200) -> tuple[Path, Path]:
+MARKET_BARS = 400  # past the 250-bar feature warm-up
+
+
+def write_market_csvs(folder: Path, bars: int = MARKET_BARS) -> tuple[Path, Path]:
     rng = np.random.default_rng(5)
     days = np.arange(np.datetime64("2020-01-01"), np.datetime64("2020-01-01") + bars)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, bars)))
@@ -397,10 +400,10 @@ def test_market_rows_skip_warmup_and_unknown_futures(tmp_path: Path) -> None:
 
     market, vix = write_market_csvs(tmp_path)
     training = market_rows(market, vix, None, None)
-    assert len(training) == 200 - WARMUP_BARS - 20
+    assert len(training) == MARKET_BARS - WARMUP_BARS - 20
     assert training.labelled.all()
     scoring = market_rows(market, vix, None, None, require_labels=False)
-    assert len(scoring) == 200 - WARMUP_BARS
+    assert len(scoring) == MARKET_BARS - WARMUP_BARS
     assert int((~scoring.labelled).sum()) == 20
     assert scoring.event_ids[0] == f"IDX:{np.datetime64('2020-01-01') + WARMUP_BARS}"
     assert set(scoring.entity_ids) == {"IDX"}
@@ -432,14 +435,14 @@ def test_evaluate_market_end_to_end_without_tensorflow(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["model"] == "market"
-    assert report["rows_scored"] == 200 - WARMUP_BARS
+    assert report["rows_scored"] == MARKET_BARS - WARMUP_BARS
     assert report["rows_unlabelled"] == 20
-    assert report["rows_evaluated"] == 200 - WARMUP_BARS - 20
+    assert report["rows_evaluated"] == MARKET_BARS - WARMUP_BARS - 20
     assert "card_precision_top_100" not in report
     with scores_out.open() as handle:
         lines = list(csv.reader(handle))
     assert len(lines) - 1 == report["rows_scored"]
-    assert lines[-1][0] == f"IDX:{np.datetime64('2020-01-01') + 199}"
+    assert lines[-1][0] == f"IDX:{np.datetime64('2020-01-01') + MARKET_BARS - 1}"
 
 
 def test_threshold_rules_and_severity_bands() -> None:

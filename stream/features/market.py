@@ -11,11 +11,22 @@ Features (bar t, closes c, daily log returns r_j = ln(c_j / c_{j-1})):
   - vix: the VIX close; vix_change_5d: ln(vix_t / vix_{t-5});
   - volume_surprise_20d: ln((volume_t + 1) / (mean volume of the 20 bars before t + 1)); the +1
     keeps zero volume (indices such as the VIX report none) finite, 0 when both are zero;
-  - intraday_range: (high - low) / close.
-A feature whose bars are not there yet (the first bars of a history) is 0; the first WARMUP_BARS
-rows of a history are warm-up and training skips them. Without a VIX (no file, or no ``vix``
-indicator on the event) the two VIX features are 0: a model trained without the VIX sees a
-constant, and one trained with it should only be fed instruments that carry it.
+  - intraday_range: (high - low) / close;
+  - vix_rel_250d: ln(vix_t / mean VIX close of the last 250 bars, t included), over the bars that
+    carry a VIX; 0 without a VIX on bar t;
+  - realized_vol_20d_rel_250d: ln(realized_vol_20d / realized_vol_250d), the 250d one over the last
+    250 returns; 0 when either is (numerically) 0;
+  - downside_vol_20d: sqrt(252 / k * sum of min(r_j, 0)^2) over the last k = 20 returns.
+The last three were picked among a few candidates on validation years before 2020 (README, model
+quality): the two "_rel_250d" ones measure volatility against the past year, since a level that
+means stress after a calm year is ordinary after a turbulent one; downside_vol_20d keeps the
+down-moves alone (negative realised semivariance forecasts volatility better than the total, and
+the label is a fall).
+In the first bars of a history, log_return_kd is 0 until bar t-k exists and the other windows use
+the bars there are; the first WARMUP_BARS rows of a history are warm-up and training skips them.
+Without a VIX (no file, or no ``vix`` indicator on the event) the three VIX features are 0: a
+model trained without the VIX sees a constant, and one trained with it should only be fed
+instruments that carry it.
 
 Idempotent per bar timestamp: a bar whose timestamp the ring already holds is not inserted again
 and gets the features of the stored bar (the first delivery wins), identical to the first
@@ -52,6 +63,12 @@ VOLATILITY_BARS = (5, 20, 60)
 DRAWDOWN_BARS = 60
 VIX_CHANGE_BARS = 5
 VOLUME_MEAN_BARS = 20
+LONG_BARS = 250
+"""About a trading year: the window of the volatility and VIX levels the "_rel_250d" features
+compare today's with."""
+DOWNSIDE_BARS = 20
+MIN_VOLATILITY = 1e-9
+"""Annualised volatilities below this are rounding errors of flat or constant-growth prices."""
 TRADING_DAYS_PER_YEAR = 252
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -62,12 +79,21 @@ FEATURE_NAMES: tuple[str, ...] = (
     f"vix_change_{VIX_CHANGE_BARS}d",
     f"volume_surprise_{VOLUME_MEAN_BARS}d",
     "intraday_range",
+    f"vix_rel_{LONG_BARS}d",
+    f"realized_vol_20d_rel_{LONG_BARS}d",
+    f"downside_vol_{DOWNSIDE_BARS}d",
 )
 WARMUP_BARS = max(
-    *RETURN_BARS, *VOLATILITY_BARS, DRAWDOWN_BARS - 1, VIX_CHANGE_BARS, VOLUME_MEAN_BARS
+    *RETURN_BARS,
+    *VOLATILITY_BARS,
+    DRAWDOWN_BARS - 1,
+    VIX_CHANGE_BARS,
+    VOLUME_MEAN_BARS,
+    LONG_BARS,  # realized_vol_250d: 250 returns
+    DOWNSIDE_BARS,
 )
-"""Rows 0 .. WARMUP_BARS - 1 of a history lack bars for some feature; row WARMUP_BARS (the 61st
-bar) is the first with every feature complete (60 returns need 61 closes)."""
+"""Rows 0 .. WARMUP_BARS - 1 of a history lack bars for some feature; row WARMUP_BARS (the 251st
+bar) is the first with every feature complete (250 returns need 251 closes)."""
 REDELIVERY_BARS = 5
 """A bar redelivered up to this many bars late still finds its full warm-up in the ring, so it
 gets exactly the features of its first delivery."""
@@ -80,7 +106,10 @@ _HEADER = struct.Struct("<BI")  # version, bars
 
 class InstrumentState:
     """The instrument's last RING_BARS bars (timestamp, high, low, close, volume, VIX; NaN for a
-    missing VIX), sorted by timestamp: about 3 KiB when full."""
+    missing VIX), sorted by timestamp: about 12 KiB when full.
+
+    The byte layout (format version 1) does not depend on RING_BARS: a state written when the ring
+    held 66 bars still loads, and its year-long windows fill up as bars arrive."""
 
     __slots__ = ("closes", "highs", "lows", "times", "vixes", "volumes")
 
@@ -192,7 +221,7 @@ def _features(state: InstrumentState, index: int) -> list[float]:
     close = closes[index]
     returns = [
         _log_ratio(closes[j], closes[j - 1])
-        for j in range(max(1, index + 1 - max(VOLATILITY_BARS)), index + 1)
+        for j in range(max(1, index + 1 - LONG_BARS), index + 1)
     ]
     features = [_log_ratio(close, closes[index - k]) if index >= k else 0.0 for k in RETURN_BARS]
     features += [_annualised_volatility(returns[-bars:]) for bars in VOLATILITY_BARS]
@@ -205,6 +234,9 @@ def _features(state: InstrumentState, index: int) -> list[float]:
     features.append(_volume_surprise(state.volumes, index))
     spread = state.highs[index] - state.lows[index]
     features.append(spread / close if close > 0 else 0.0)
+    features.append(_relative_vix(state.vixes, index))
+    features.append(_volatility_ratio(returns[-20:], returns))
+    features.append(_downside_volatility(returns[-DOWNSIDE_BARS:]))
     return features
 
 
@@ -221,6 +253,32 @@ def _annualised_volatility(returns: list[float]) -> float:
     mean = math.fsum(returns) / len(returns)
     variance = math.fsum((r - mean) ** 2 for r in returns) / (len(returns) - 1)
     return math.sqrt(variance) * _ANNUALISE
+
+
+def _relative_vix(vixes: array, index: int) -> float:
+    """vix_rel_250d. Against the past year's mean rather than as a level: a VIX of 25 is stress
+    after a calm year and ordinary after a turbulent one."""
+    window = [v for v in vixes[max(0, index + 1 - LONG_BARS) : index + 1] if math.isfinite(v)]
+    if not math.isfinite(vixes[index]) or not window:
+        return 0.0
+    return _log_ratio(vixes[index], math.fsum(window) / len(window))
+
+
+def _volatility_ratio(recent: list[float], year: list[float]) -> float:
+    """realized_vol_20d_rel_250d: ln(volatility of `recent` / volatility of `year`), 0 when either
+    is below MIN_VOLATILITY (flat or constant-growth prices: a ratio of rounding errors)."""
+    short, long = _annualised_volatility(recent), _annualised_volatility(year)
+    if short < MIN_VOLATILITY or long < MIN_VOLATILITY:
+        return 0.0
+    return math.log(short / long)
+
+
+def _downside_volatility(returns: list[float]) -> float:
+    """Annualised root mean square of the negative returns (the positive ones count as 0): the
+    label is a fall, and down-moves forecast volatility better than up-moves."""
+    if not returns:
+        return 0.0
+    return math.sqrt(math.fsum(min(r, 0.0) ** 2 for r in returns) / len(returns)) * _ANNUALISE
 
 
 def _volume_surprise(volumes: array, index: int) -> float:
