@@ -47,6 +47,7 @@ RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_s
 # Tables take their serializers from the app (raw): state is packed by the feature module.
 RAW_TABLE = {"key_type": bytes, "value_type": bytes}
 EXIT_TOPICS_LOST = 4
+EXIT_PUBLISH_FAILED = 5
 TOPIC_CHECK_SECONDS = 5.0
 BROKER_TIMEOUT_S = 10.0
 TOPIC_MISSES_BEFORE_EXIT = 2  # a topic must be missing in two checks in a row
@@ -68,13 +69,34 @@ class Progress:
         self.offsets[key] = max(message.offset, self.offsets.get(key, -1))
 
 
-async def send_raw(app: faust.App, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
+async def send_raw(
+    app: faust.App, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+) -> Awaitable[Any]:
     """Produce through Faust's own transport producer, skipping its per-message channel layers.
 
     Faust flushes this producer before every offset commit, so whatever an agent sent before
-    acknowledging its input is delivered before that input's offset is committed.
+    acknowledging its input is delivered before that input's offset is committed — or failed:
+    a failed delivery (after the client's own retries) stops the worker at once, before any
+    commit can pass the event it came from, and a restart reads those events again.
     """
-    return await app.producer.send(topic, key, value, None, None, None)
+    delivery = await app.producer.send(topic, key, value, partition, None, None)
+    delivery.add_done_callback(lambda future: _check_delivery(app, topic, future))
+    return delivery
+
+
+def _check_delivery(app: faust.App, topic: str, future: Any) -> None:
+    if future.cancelled() or future.exception() is None:
+        return
+    log.critical(
+        "a record for %s could not be published (%r); exiting with code %d without "
+        "committing: a restart reads the events since the last commit again",
+        topic,
+        future.exception(),
+        EXIT_PUBLISH_FAILED,
+    )
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_PUBLISH_FAILED)  # a graceful stop would commit what the agents acked
 
 
 def worker_id() -> str:
@@ -293,7 +315,7 @@ def _wire_fraud(
     async def report(source: tuple[str, int], value: float) -> None:
         """To every stage-2 partition, after the forwards it covers (same producer)."""
         mark = pipeline.encode_forwarded(pipeline.ForwardedWatermark(*source, value))
-        for partition in range(n_transactions):
+        for partition in range(n_transactions):  # a lost report is harmless: the next one wins
             await app.producer.send(by_terminal_name, None, mark, partition, None, None)
         clocks.sent(source, value, time.monotonic())
 

@@ -2,8 +2,9 @@
 
 Exit codes: 0 stopped (SIGTERM/SIGINT); 2 the metrics port cannot be served; 3 a model is
 missing, broken or does not match the feature code; 4 the broker lost the worker's topics (see
-riskstream.app); anything else is a crash. A supervisor (Kubernetes, compose `restart:`) should
-restart the worker on 4 and on crashes, and alert on 2 and 3, which a restart does not fix.
+riskstream.app); 5 a record could not be published and the worker stopped without committing
+(riskstream.app); anything else is a crash. A supervisor (Kubernetes, compose `restart:`)
+should restart the worker on 4, 5 and crashes, and alert on 2 and 3, which a restart does not fix.
 """
 
 from __future__ import annotations
