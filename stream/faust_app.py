@@ -157,6 +157,11 @@ class RiskstreamApp(faust.App):
             await consumer._seal_changelogs(assigned)
         await super()._on_partitions_assigned(assigned, generation_id)
 
+    def _new_transport(self) -> Any:
+        if not str(self.conf.broker_consumer[0]).startswith("kafka:"):
+            return super()._new_transport()
+        return _Transport(self.conf.broker_consumer, self)
+
 
 def faust_app(settings: Settings, partitions: int) -> faust.App:
     """The Faust app: raw bytes everywhere (the contracts and the feature module do the
