@@ -10,15 +10,6 @@ with a second worker joining: 2,077 transactions lost). `_Consumer._new_offset` 
 run that starts exactly at the committed offset (or, before any commit, with no unacknowledged
 message below it) — the at-least-once rule.
 
-Sealed changelogs. Table recovery reads a changelog partition up to the broker's high-water
-mark. The embedded broker (Tansu 0.6) reports, after a produce batch of n records, a high-water
-mark n - 1 short of the end (base offset + 1). Recovery then missed the newest state changes,
-or stopped with a ConsistencyError when the worker already held them (seen when a partition
-came back after a rebalance). On every assignment, before recovery, and before every offset
-commit the worker appends a one-record batch, a tombstone for a key no entity has, to each
-changelog partition it owns, so that the high-water mark is the true end. On a correct broker
-this costs one record per changelog partition per commit.
-
 Fetch wait. faust-streaming 0.15 creates its aiokafka consumer with `fetch_max_wait_ms=1500`
 written into the driver (faust/transport/drivers/aiokafka.py), not taken from a setting. A
 broker may hold a fetch that long before answering even when records arrived meanwhile (the
@@ -30,7 +21,6 @@ terminal topic), so that constant alone put seconds into the event-to-score late
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import logging
 from typing import Any
@@ -42,9 +32,6 @@ from riskstream.config import Settings
 from riskstream.kafka import faust_credentials
 
 log = logging.getLogger("riskstream.worker")
-
-SEAL_KEY = b"\x00riskstream:seal"  # no entity id can be this (ids are non-empty text)
-SEAL_TIMEOUT_S = 10.0
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -93,24 +80,6 @@ class _Consumer(faust_aiokafka.Consumer):
             acked.extend(skipped)
             gaps.chop(0, max(skipped[-1], top + 1))
 
-    async def _commit(self, offsets: Any) -> bool:
-        await self._seal_changelogs()
-        return await super()._commit(offsets)
-
-    async def _seal_changelogs(self, assigned: Any = None) -> None:
-        app = self.app
-        changelogs = set(app.tables.changelog_topics)
-        tps = self.assignment() if assigned is None else assigned
-        owned = [tp for tp in tps if tp.topic in changelogs]
-        try:
-            deliveries = [
-                await app.producer.send(tp.topic, SEAL_KEY, None, tp.partition, None, None)
-                for tp in owned
-            ]
-            await asyncio.wait_for(asyncio.gather(*deliveries), SEAL_TIMEOUT_S)
-        except Exception as exc:  # the commit goes ahead; at worst recovery is as before
-            log.warning("could not seal changelog partitions before a commit: %r", exc)
-
     def _lowest_unacked(self, tp: Any) -> int | None:
         offsets = [m.offset for m in list(self._unacked_messages) if m.tp == tp and not m.acked]
         return min(offsets) if offsets else None
@@ -144,18 +113,10 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class RiskstreamApp(faust.App):
-    """faust.App whose Kafka consumer waits at most `riskstream_fetch_max_wait_ms` per fetch,
-    commits only past acknowledged offsets and seals its changelogs before committing."""
+    """faust.App whose Kafka consumer waits at most `riskstream_fetch_max_wait_ms` per fetch
+    and commits only past acknowledged offsets."""
 
     riskstream_fetch_max_wait_ms: int | None = None
-
-    async def _on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
-        """Seal first: a worker killed after its last commit could not, and recovery must read
-        every state change of the committed events."""
-        consumer = self.consumer
-        if isinstance(consumer, _Consumer):
-            await consumer._seal_changelogs(assigned)
-        await super()._on_partitions_assigned(assigned, generation_id)
 
     def _new_transport(self) -> Any:
         if not str(self.conf.broker_consumer[0]).startswith("kafka:"):
