@@ -22,7 +22,6 @@ terminal topic), so that constant alone put seconds into the event-to-score late
 from __future__ import annotations
 
 import bisect
-import logging
 from typing import Any
 
 import faust
@@ -30,8 +29,6 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from riskstream.config import Settings
 from riskstream.kafka import faust_credentials
-
-log = logging.getLogger("riskstream.worker")
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
