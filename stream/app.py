@@ -51,6 +51,7 @@ EXIT_PUBLISH_FAILED = 5
 TOPIC_CHECK_SECONDS = 5.0
 BROKER_TIMEOUT_S = 10.0
 TOPIC_MISSES_BEFORE_EXIT = 2  # a topic must be missing in two checks in a row
+STALL_WARNING_SECONDS = 30.0
 
 
 @dataclasses.dataclass
@@ -62,6 +63,21 @@ class Progress:
     last_broker_contact: float = 0.0
     assigned: bool = False  # topics are only checked once the group gave us partitions
     topic_misses: int = 0
+    stuck_since: dict[tuple[str, int], tuple[int, float]] = dataclasses.field(default_factory=dict)
+
+    def stalled(self, key: tuple[str, int], lag: int, now: float) -> float:
+        """Seconds a partition with work behind it has not moved (0 when it moves or is done)."""
+        done = self.offsets.get(key, -1)
+        before = self.stuck_since.get(key)
+        if lag <= 0 or before is None or before[0] != done:
+            self.stuck_since[key] = (done, now)
+            return 0.0
+        return now - before[1]
+
+    def forget(self, keys: Any) -> None:
+        for key in keys:
+            self.offsets.pop(key, None)
+            self.stuck_since.pop(key, None)
 
     def saw(self, event: EventT) -> None:
         message = event.message
@@ -97,6 +113,20 @@ def _check_delivery(app: faust.App, topic: str, future: Any) -> None:
     logging.shutdown()
     sys.stderr.flush()
     os._exit(EXIT_PUBLISH_FAILED)  # a graceful stop would commit what the agents acked
+
+
+def _flow_state(app: faust.App, tp: Any) -> str:
+    """What Faust's consumer thinks of a partition, for a stall warning."""
+    consumer = app.consumer
+    client = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    client_paused = tp in client.paused() if client is not None else "?"
+    return (
+        f"rebalancing={app.rebalancing} in_recovery={app.in_recovery} "
+        f"flow_active={consumer.flow_active} "
+        f"active={tp in (consumer._active_partitions or set())} "
+        f"paused={tp in consumer._paused_partitions} "
+        f"buffered={tp in consumer._buffered_partitions} client_paused={client_paused}"
+    )
 
 
 def worker_id() -> str:
@@ -237,7 +267,18 @@ def build_app(
             if tp.topic not in progress.sources:
                 continue  # changelog partitions are Faust's bookkeeping, not work behind
             done = progress.offsets.get((tp.topic, tp.partition), -1)
-            metrics.set_lag(tp.topic, tp.partition, max(0, highwater - done - 1))
+            lag = max(0, highwater - done - 1)
+            metrics.set_lag(tp.topic, tp.partition, lag)
+            stalled = progress.stalled((tp.topic, tp.partition), lag, time.monotonic())
+            if stalled >= STALL_WARNING_SECONDS:
+                log.warning(
+                    "%s:%d has %d events to read but has not moved for %.0f s (%s)",
+                    tp.topic,
+                    tp.partition,
+                    lag,
+                    stalled,
+                    _flow_state(app, tp),
+                )
 
     @app.timer(interval=TOPIC_CHECK_SECONDS)
     async def watch_topics() -> None:
@@ -268,6 +309,13 @@ def build_app(
     @app.on_partitions_assigned.connect
     async def forget_moved_partitions(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
         progress.assigned = True
+        progress.forget(
+            [
+                key
+                for key in progress.offsets
+                if key not in {(tp.topic, tp.partition) for tp in assigned}
+            ]
+        )
         metrics.retain_partitions((tp.topic, tp.partition) for tp in assigned)
 
     return app

@@ -21,9 +21,12 @@ terminal topic), so that constant alone put seconds into the event-to-score late
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+from collections.abc import Mapping
 from typing import Any
 
+import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -32,12 +35,58 @@ from riskstream.kafka import faust_credentials
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    _probe: aiokafka.AIOKafkaConsumer | None = None
+    _probe_lock: asyncio.Lock | None = None
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         wait_ms = getattr(self.app, "riskstream_fetch_max_wait_ms", None)
         if wait_ms is not None:
             consumer._fetch_max_wait_ms = int(wait_ms)  # read by consumer.start() (its Fetcher)
         return consumer
+
+    async def _highwaters(self, partitions: list[Any]) -> Mapping[Any, int]:
+        """End offsets as the broker lists them, raised to what a fetch reports (see the
+        module notes: the embedded broker lists the last batch's base offset + 1)."""
+        listed = dict(await super()._highwaters(partitions))
+        kwargs = getattr(self.app, "riskstream_probe_kwargs", None)
+        if kwargs is None or not listed:
+            return listed
+        if self._probe_lock is None:
+            self._probe_lock = asyncio.Lock()  # recovery and the lag report may ask at once
+        async with self._probe_lock:
+            if self._probe is None:
+                self._probe = aiokafka.AIOKafkaConsumer(
+                    **kwargs, enable_auto_commit=False, max_partition_fetch_bytes=1
+                )
+                await self._probe.start()
+            fetched = await fetched_highwaters(self._probe, listed)
+        return {tp: max(end, fetched.get(tp, end)) for tp, end in listed.items()}
+
+    async def on_thread_stop(self) -> None:
+        if self._probe is not None:
+            await self._probe.stop()
+        await super().on_thread_stop()
+
+
+async def fetched_highwaters(
+    probe: aiokafka.AIOKafkaConsumer, listed: Mapping[Any, int], timeout: float = 2.0
+) -> dict[Any, int]:
+    """The high-water marks a fetch response reports for the listed partitions, read by a
+    group-less consumer positioned at each listed end − 1 (partitions it could not reach in
+    `timeout` keep no entry)."""
+    probe.assign(list(listed))
+    for tp, end in listed.items():
+        probe.seek(tp, max(end - 1, 0))
+    deadline = asyncio.get_running_loop().time() + timeout
+    marks: dict[Any, int] = {}
+    while len(marks) < len(listed) and asyncio.get_running_loop().time() < deadline:
+        await probe.getmany(*listed, timeout_ms=200)
+        for tp in listed:
+            mark = probe.highwater(tp)
+            if mark is not None:
+                marks[tp] = mark
+    return marks
 
 
 class _Consumer(faust_aiokafka.Consumer):
@@ -114,6 +163,7 @@ class RiskstreamApp(faust.App):
     and commits only past acknowledged offsets."""
 
     riskstream_fetch_max_wait_ms: int | None = None
+    riskstream_probe_kwargs: dict[str, Any] | None = None
 
     def _new_transport(self) -> Any:
         if not str(self.conf.broker_consumer[0]).startswith("kafka:"):
@@ -150,4 +200,5 @@ def faust_app(settings: Settings, partitions: int) -> faust.App:
         value_serializer="raw",
     )
     app.riskstream_fetch_max_wait_ms = worker.fetch_max_wait_ms
+    app.riskstream_probe_kwargs = settings.kafka.aiokafka_kwargs()
     return app

@@ -3,10 +3,21 @@ consumer's fetch wait, and the settings that reach Faust."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from riskstream.config import Settings
-from riskstream.faust_app import RiskstreamApp, _Consumer, committable_end, faust_app
+from riskstream.faust_app import (
+    RiskstreamApp,
+    _Consumer,
+    committable_end,
+    faust_app,
+    fetched_highwaters,
+)
 
 
 @pytest.mark.parametrize(
@@ -39,3 +50,45 @@ def test_the_app_uses_the_fixed_consumer_and_the_configured_fetch_wait() -> None
     assert app.riskstream_fetch_max_wait_ms == 25
     assert app.conf.producer_linger == pytest.approx(0.040)
     assert app.conf.stream_wait_empty is False, "a rebalance must not wait for held events"
+
+
+async def _publish(bootstrap: str, topic: str, batches: list[tuple[int, int]]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 3, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=100)
+    await producer.start()
+    try:
+        for partition, count in batches:  # each loop one produce batch of `count` records
+            sent = [await producer.send(topic, b"x", partition=partition) for _ in range(count)]
+            await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+async def _ends(bootstrap: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(3)]
+        listed = await consumer.end_offsets(tps)
+        fetched = await fetched_highwaters(consumer, listed)
+    finally:
+        await consumer.stop()
+    return {tp.partition: n for tp, n in listed.items()}, {
+        tp.partition: n for tp, n in fetched.items()
+    }
+
+
+def test_fetched_high_water_marks_count_every_record_of_a_batch(kafka_bootstrap: str) -> None:
+    """Faust's table recovery reads a changelog up to its listed end offset; the embedded
+    broker lists a multi-record batch's base offset + 1 there, so the worker takes the
+    high-water mark a fetch reports instead (issue: a partition handed back missed state)."""
+    topic = f"ends-{uuid.uuid4().hex[:8]}"
+    asyncio.run(_publish(kafka_bootstrap, topic, [(0, 7), (0, 10), (1, 1)]))
+    listed, fetched = asyncio.run(_ends(kafka_bootstrap, topic))
+    assert fetched == {0: 17, 1: 1, 2: 0}, "every record counted, empty partitions included"
+    assert all(listed[p] <= fetched[p] for p in fetched)

@@ -621,6 +621,12 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
 # --- the valid events ---------------------------------------------------------------------------
 
 
+def _tx_id(message: Message) -> str | None:
+    if message.role != TX or message.bad is not None:
+        return None
+    return json.loads(message.value)["transaction_id"]
+
+
 def scores_of(run: Run, event_id: str) -> list[float]:
     return [contracts.decode_score(raw).score for raw in run.scores.get(event_id, [])]
 
@@ -631,14 +637,20 @@ def scores_of(run: Run, event_id: str) -> list[float]:
     strict=False,
 )
 def test_every_valid_transaction_is_scored_as_offline(run: Run) -> None:
-    worst, missing = 0.0, []
+    worst, worst_tx, missing = 0.0, "", []
     for tx, expected in run.plan.expected_tx.items():
         got = scores_of(run, tx)
         if not got:
             missing.append(tx)
-        worst = max([worst, *(abs(score - expected) for score in got)])
+        for score in got:
+            if abs(score - expected) > worst:
+                worst, worst_tx = abs(score - expected), tx
     assert not missing, f"{len(missing)} valid transactions never scored, e.g. {missing[:5]}"
-    assert worst <= TOLERANCE, f"largest difference to offline: {worst:.3g}"
+    assert worst <= TOLERANCE, (
+        f"largest difference to offline: {worst:.3g}, transaction {worst_tx} "
+        f"(scores {scores_of(run, worst_tx)}, offline {run.plan.expected_tx[worst_tx]}, "
+        f"message {next(m.value for m in run.plan.messages if _tx_id(m) == worst_tx)!r})"
+    )
 
 
 def test_each_event_is_scored_once_and_a_redelivery_once_more(run: Run) -> None:
