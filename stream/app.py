@@ -418,10 +418,16 @@ def _wire_fraud(
                 queue = queues[partition] = HoldQueue(sources, delay)
             ok, message = await guarded(event, pipeline.decode_forwarded, event.message.value)
             if ok and isinstance(message, pipeline.ForwardedTransaction):
-                if queue.ready(message.timestamp):
+                late = message.too_late
+                if queue.ready(message.timestamp, message.terminal_id if late else None):
                     await score_transaction(manual, event, message)
                 else:
-                    queue.hold(message.timestamp, (event, message))
+                    queue.hold(
+                        message.timestamp,
+                        (event, message),
+                        message.terminal_id,
+                        behind_group=late,
+                    )
                     metrics.set_held(sum(len(q) for q in queues.values()))
                 continue
             if ok and isinstance(message, pipeline.ForwardedWatermark):

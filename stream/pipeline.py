@@ -39,6 +39,7 @@ class ForwardedTransaction(msgspec.Struct, tag="tx", array_like=True, frozen=Tru
     amount: float
     customer_features: tuple[float, ...]
     source_timestamp_ms: int
+    too_late: bool = False  # beyond the customer's allowed lateness: store it nowhere
 
 
 class ForwardedLabel(msgspec.Struct, tag="label", array_like=True, frozen=True):
@@ -142,6 +143,7 @@ def ingest_transaction(
     ts = _check_not_future(tx.timestamp, "timestamp", now)
     customer_key = tx.customer_id.encode()
     state = _load(customers, customer_key, fraud_features.CustomerState)
+    too_late = fraud_features.customer_is_too_late(state, ts)  # type: ignore[arg-type]
     customer_part = fraud_features.customer_step(state, tx.transaction_id, ts, tx.amount)
     customers[customer_key] = state.to_bytes()  # type: ignore[attr-defined]
     return ForwardedTransaction(
@@ -153,6 +155,7 @@ def ingest_transaction(
         amount=tx.amount,
         customer_features=tuple(customer_part),
         source_timestamp_ms=timestamp_ms,
+        too_late=too_late,
     )
 
 
@@ -183,8 +186,14 @@ def terminal_stage(
         )
         terminals[terminal_key] = state.to_bytes()  # type: ignore[attr-defined]
         return None
-    terminal_part = fraud_features.terminal_step(state, message.transaction_id, message.timestamp)
-    terminals[terminal_key] = state.to_bytes()  # type: ignore[attr-defined]
+    terminal_part = fraud_features.terminal_step(
+        state,  # type: ignore[arg-type]
+        message.transaction_id,
+        message.timestamp,
+        store=not message.too_late,
+    )
+    if not message.too_late:
+        terminals[terminal_key] = state.to_bytes()  # type: ignore[attr-defined]
     vector = fraud_features.fraud_vector(
         message.timestamp, message.amount, message.customer_features, terminal_part
     )

@@ -26,6 +26,10 @@ Conventions:
   - The latest report wins (a partition that was caught up and receives new events reports a
     finite time again); a stage-2 partition that has not heard from every source holds.
   - In live traffic nothing is held: transactions at t ≈ now need reports past now − d.
+  - A transaction too late to be stored (decided by stage 1, see
+    fraud.customer_is_too_late) is scored from the terminal state as it arrived: it waits
+    behind the transactions of its terminal held before it (`behind_group`), and is not held
+    for anything else.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
 
 Source = tuple[str, int]  # (topic, partition)
@@ -113,8 +117,9 @@ class HoldQueue(Generic[T]):
         self.delay = delay
         self._marks: dict[Source, float] = dict.fromkeys(sources, UNKNOWN)
         self._safe = UNKNOWN if self._marks else CAUGHT_UP
-        self._held: list[tuple[float, int, T]] = []
+        self._held: list[tuple[float, int, Hashable, T]] = []
         self._arrivals = 0
+        self._groups: dict[Hashable, tuple[float, int]] = {}  # group → (newest key, held count)
 
     def __len__(self) -> int:
         return len(self._held)
@@ -130,17 +135,35 @@ class HoldQueue(Generic[T]):
             self._marks[source] = value
             self._safe = min(self._marks.values())
 
-    def ready(self, event_time: float) -> bool:
-        """Whether a transaction at event_time may be scored now."""
-        return event_time - self.delay < self._safe
+    def ready(self, event_time: float, group: Hashable = None) -> bool:
+        """Whether a transaction at event_time may be scored now; with a group, also that
+        nothing of that group is held."""
+        return event_time - self.delay < self._safe and (group is None or group not in self._groups)
 
-    def hold(self, event_time: float, item: T) -> None:
+    def hold(
+        self, event_time: float, item: T, group: Hashable = None, *, behind_group: bool = False
+    ) -> None:
+        """Hold an item of `group` (its terminal); `behind_group`: release it no earlier than
+        the group's items held before it."""
+        key = event_time
+        if group is not None:
+            newest, count = self._groups.get(group, (UNKNOWN, 0))
+            if behind_group:
+                key = max(event_time, newest)
+            self._groups[group] = (max(key, newest), count + 1)
         self._arrivals += 1
-        heapq.heappush(self._held, (event_time, self._arrivals, item))
+        heapq.heappush(self._held, (key, self._arrivals, group, item))
 
     def release(self) -> list[T]:
         """The held transactions that became ready, oldest event time first (ties: arrival)."""
         held, released = self._held, []
         while held and held[0][0] - self.delay < self._safe:
-            released.append(heapq.heappop(held)[2])
+            _, _, group, item = heapq.heappop(held)
+            if group is not None:
+                newest, count = self._groups[group]
+                if count == 1:
+                    del self._groups[group]
+                else:
+                    self._groups[group] = (newest, count - 1)
+            released.append(item)
         return released

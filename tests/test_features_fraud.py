@@ -11,6 +11,7 @@ import statistics
 import numpy as np
 import pytest
 
+from riskstream.features import fraud
 from riskstream.features.fraud import (
     ALLOWED_LATENESS_SECONDS,
     CUSTOMER_FEATURE_NAMES,
@@ -420,3 +421,21 @@ def test_running_sums_stay_exact_across_a_rebase() -> None:
     assert features["customer_nb_tx_30day"] == 30
     assert features["customer_avg_amount_30day"] == pytest.approx(1e9 + 44.5, abs=1e-3)
     assert features["customer_avg_amount_1day"] == pytest.approx(1e9 + 59, abs=1e-3)
+
+
+def test_a_terminal_step_that_must_not_store_leaves_the_state_alone() -> None:
+    state = fraud.TerminalState()
+    fraud.terminal_step(state, "a", 10 * 86_400.0)
+    before = state.to_bytes()
+    features = fraud.terminal_step(state, "b", 20 * 86_400.0, store=False)
+    assert state.to_bytes() == before
+    assert features == fraud.terminal_step(
+        fraud.TerminalState.from_bytes(before), "b", 20 * 86_400.0
+    )
+
+
+def test_a_customer_decides_lateness_by_its_horizon() -> None:
+    state = fraud.CustomerState()
+    fraud.customer_step(state, "now", 100 * 86_400.0, 10.0)
+    assert fraud.customer_is_too_late(state, state.horizon - 1.0)
+    assert not fraud.customer_is_too_late(state, state.horizon)

@@ -233,3 +233,21 @@ def test_an_event_more_than_a_day_ahead_of_the_clock_is_rejected_not_held() -> N
     assert pipeline.ingest_label(label, b"t1", now=now + 7 * 86_400).label_timestamp > now
     with pytest.raises(contracts.ContractError, match="'timestamp'"):
         pipeline.ingest_label(label, b"t1", now=now)
+
+
+def test_a_transaction_too_late_for_its_customer_is_stored_at_neither_stage() -> None:
+    """Stage 1 decides lateness in arrival order and stage 2 obeys: the terminal sees its
+    transactions in event-time order, so its own horizon cannot tell what arrived late."""
+    customers: dict[bytes, bytes] = {}
+    terminals: dict[bytes, bytes] = {}
+    now = pipeline.ingest_transaction(_tx(timestamp="2025-03-01T10:00:00Z"), b"c1", 0, customers)
+    late = pipeline.ingest_transaction(
+        _tx(transaction_id="old", timestamp="2025-01-01T10:00:00Z"), b"c1", 0, customers
+    )
+    assert not now.too_late and late.too_late
+    wire = pipeline.decode_forwarded(pipeline.encode_forwarded(late))
+    assert wire.too_late, "the flag crosses the internal topic"
+    assert pipeline.terminal_stage(wire, terminals) is not None, "it is still scored"
+    assert terminals == {}, "and not stored at its terminal"
+    on_time = pipeline.terminal_stage(now, terminals)
+    assert on_time is not None and terminals

@@ -631,11 +631,6 @@ def scores_of(run: Run, event_id: str) -> list[float]:
     return [contracts.decode_score(raw).score for raw in run.scores.get(event_id, [])]
 
 
-@pytest.mark.xfail(
-    reason="one valid transaction of the interleaved run scores 0.000246 from offline "
-    "(seen 2026-11-24, not yet diagnosed; README, Known gaps)",
-    strict=False,
-)
 def test_every_valid_transaction_is_scored_as_offline(run: Run) -> None:
     worst, worst_tx, missing = 0.0, "", []
     for tx, expected in run.plan.expected_tx.items():

@@ -148,7 +148,7 @@ def _streamed(
         if not hold or queue.ready(ts):
             score(ts, tx, term)
         else:
-            queue.hold(ts, (ts, tx, term))
+            queue.hold(ts, (ts, tx, term), term)
         newest[source] = max(newest[source], ts)
         queue.mark(source, newest[source])  # a report after every forward
         for held in queue.release():
@@ -163,3 +163,20 @@ def _streamed(
 def test_watermark_records_round_trip_through_the_internal_topic_format() -> None:
     mark = pipeline.ForwardedWatermark("transactions", 3, CAUGHT_UP)
     assert pipeline.decode_forwarded(pipeline.encode_forwarded(mark)) == mark
+
+
+def test_a_too_late_transaction_waits_behind_those_held_before_it_at_its_terminal() -> None:
+    """Scored first, a too-late transaction would meet a terminal state without the ones that
+    arrived before it (seen: the bad-input run's late event changed a neighbour by 0.000246)."""
+    queue: HoldQueue[str] = HoldQueue([TX0], D)
+    queue.mark(TX0, 10 * DAY)
+    queue.hold(30 * DAY, "on time, T1", "T1")
+    assert queue.ready(2 * DAY, "T2"), "another terminal is not held back"
+    assert not queue.ready(2 * DAY, "T1"), "it arrived after a held one at T1"
+    assert queue.ready(2 * DAY), "on-time transactions go by event time alone"
+    queue.hold(2 * DAY, "too late, T1", "T1", behind_group=True)
+    queue.hold(25 * DAY, "on time, T1, older", "T1")
+    assert queue.release() == []
+    queue.mark(TX0, CAUGHT_UP)
+    assert queue.release() == ["on time, T1, older", "on time, T1", "too late, T1"]
+    assert queue.ready(2 * DAY, "T1"), "nothing held at T1 any more"

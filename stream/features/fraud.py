@@ -91,6 +91,7 @@ __all__ = [
     "CustomerState",
     "TerminalState",
     "compute_fraud_features",
+    "customer_is_too_late",
     "customer_step",
     "fraud_vector",
     "terminal_label",
@@ -393,13 +394,25 @@ def _log_amount_ratio(amount: float, earlier: list[float]) -> float:
 # --------------------------------------------------------------------------- terminal side
 
 
-def terminal_step(state: TerminalState, tx_id: str, ts: float) -> tuple[float, ...]:
-    """Add the transaction (once per id) and return the terminal-side features at ts, in
-    TERMINAL_FEATURE_NAMES order: windows (ts - d - w, ts - d], d = the label delay."""
+def customer_is_too_late(state: CustomerState, ts: float) -> bool:
+    """A transaction beyond its customer's allowed lateness: scored, stored in no state.
+
+    Decided once, where transactions arrive in order (per customer), and carried to the
+    terminal: the stream sees a terminal's transactions in event-time order, not in arrival
+    order, so its own horizon cannot tell what was late on arrival."""
+    return ts < state.horizon
+
+
+def terminal_step(
+    state: TerminalState, tx_id: str, ts: float, *, store: bool = True
+) -> tuple[float, ...]:
+    """Add the transaction (once per id; not when `store` is False) and return the
+    terminal-side features at ts, in TERMINAL_FEATURE_NAMES order: windows (ts - d - w,
+    ts - d], d = the label delay."""
     if not math.isfinite(ts):
         raise ValueError(f"transaction {tx_id!r} has a non-finite timestamp")
     key = transaction_key(tx_id)
-    if _find(state, key, ts) is None:
+    if store and _find(state, key, ts) is None:
         _insert_terminal_entry(state, key, ts, 0)
     return _terminal_features(state, ts - state.label_delay)
 
