@@ -37,7 +37,7 @@ from faust.types import EventT, StreamT
 from riskstream import contracts, pipeline
 from riskstream.batching import MicroBatcher
 from riskstream.config import Settings
-from riskstream.faust_app import faust_app
+from riskstream.faust_app import ChangelogSend, faust_app
 from riskstream.features import fraud as fraud_features
 from riskstream.watermarks import CAUGHT_UP, HoldQueue, SourceClocks
 
@@ -98,6 +98,15 @@ async def send_raw(
     delivery = await app.producer.send(topic, key, value, partition, None, None)
     delivery.add_done_callback(lambda future: _check_delivery(app, topic, future))
     return delivery
+
+
+def changelog_sender(app: faust.App) -> ChangelogSend:
+    """How riskstream's tables send their changelog records (RiskstreamTable)."""
+
+    async def send(topic: str, key: Any, value: Any, partition: int | None) -> Awaitable[Any]:
+        return await send_raw(app, topic, key, value, partition)
+
+    return send
 
 
 def _check_delivery(app: faust.App, topic: str, future: Any) -> None:
@@ -346,6 +355,7 @@ def _wire_fraud(
     customers = app.Table("customers", partitions=n_transactions, **RAW_TABLE)
     terminals = app.Table("terminals", partitions=n_transactions, **RAW_TABLE)
     batcher = make_batcher(model, topics.transactions)
+    changelog = changelog_sender(app)
     source_topics = {transactions.get_topic_name(), labels.get_topic_name()}
     app.riskstream_progress.sources.update({*source_topics, by_terminal_name})  # type: ignore[attr-defined]
     sources = [(topics.transactions, p) for p in range(n_transactions)] + [
@@ -374,6 +384,7 @@ def _wire_fraud(
             ok, forwarded = await guarded(
                 event, pipeline.ingest_transaction, m.value, m.key, _ms(m.timestamp), customers
             )
+            await customers.send_changelog_writes(changelog)
             if ok:
                 await forward(forwarded)
                 metrics.count_events(m.topic, "forwarded")
@@ -398,6 +409,7 @@ def _wire_fraud(
         stream: StreamT, event: EventT, transaction: pipeline.ForwardedTransaction
     ) -> None:
         ok, pending = await guarded(event, pipeline.terminal_stage, transaction, terminals)
+        await terminals.send_changelog_writes(changelog)
         if ok and pending is not None:
             await batcher.add(pending, _acker(stream, event))
         else:
@@ -435,6 +447,7 @@ def _wire_fraud(
                 await score_released(manual, queue)
             elif ok:
                 await guarded(event, pipeline.terminal_stage, message, terminals)
+                await terminals.send_changelog_writes(changelog)
             await manual.ack(event)
 
     @app.timer(interval=max(settings.worker.watermark_interval_ms / 1000.0, 0.01))
@@ -496,6 +509,7 @@ def _wire_market(
             ok, pending = await guarded(
                 event, pipeline.market_stage, m.value, m.key, _ms(m.timestamp), instruments
             )
+            await instruments.send_changelog_writes(changelog_sender(app))
             if ok:
                 await batcher.add(pending, _acker(manual, event))
             else:

@@ -252,12 +252,6 @@ def test_sigkill_three_times_during_a_200k_replay_loses_nothing(
         print(f"\ncrash run: {run}")
 
 
-@pytest.mark.xfail(
-    reason="the embedded broker (Tansu 0.6) reports a high-water mark short of a multi-record "
-    "batch, so Faust's table recovery can miss state when a partition comes back (a score "
-    "0.0155 off, or a ConsistencyError); README, Known gaps",
-    strict=False,
-)
 def test_a_worker_joins_and_leaves_mid_stream_and_nothing_is_lost(
     kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
