@@ -275,7 +275,8 @@ def build_app(
         for tp, highwater in high.items():
             if tp.topic not in progress.sources:
                 continue  # changelog partitions are Faust's bookkeeping, not work behind
-            done = progress.offsets.get((tp.topic, tp.partition), -1)
+            committed = app.consumer._committed_offset.get(tp)  # Faust has no accessor
+            done = max(progress.offsets.get((tp.topic, tp.partition), -1), (committed or 0) - 1)
             lag = max(0, highwater - done - 1)
             metrics.set_lag(tp.topic, tp.partition, lag)
             stalled = progress.stalled((tp.topic, tp.partition), lag, time.monotonic())

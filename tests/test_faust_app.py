@@ -9,6 +9,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faust.types import TP, Message
 
 from riskstream.config import Settings
 from riskstream.faust_app import (
@@ -92,3 +93,24 @@ def test_fetched_high_water_marks_count_every_record_of_a_batch(kafka_bootstrap:
     listed, fetched = asyncio.run(_ends(kafka_bootstrap, topic))
     assert fetched == {0: 17, 1: 1, 2: 0}, "every record counted, empty partitions included"
     assert all(listed[p] <= fetched[p] for p in fetched)
+
+
+def _message(offset: int) -> Message:
+    return Message("by-terminal", 0, offset, 0.0, 0, None, b"k", b"v", None)
+
+
+def test_acknowledgements_for_a_partition_not_owned_never_commit() -> None:
+    """After a revocation the worker still acknowledges what it scored from that partition;
+    those acknowledgements must not commit past its held transactions (13,309 transactions
+    were lost that way when a second worker joined the handbook replay)."""
+    app = faust_app(Settings.from_env({}), partitions=4)
+    app.topics._acking_topics.add("by-terminal")  # as an agent on that topic would
+    consumer, tp = app.consumer, TP("by-terminal", 0)
+    assert consumer.ack(_message(40)) is False, "not owned (yet, or any more)"
+    assert consumer._new_offset(tp) is None
+    consumer._owned = frozenset({tp})
+    assert all(consumer.ack(_message(offset)) for offset in (0, 1, 2))
+    assert consumer._new_offset(tp) == 3
+    consumer._owned = frozenset()  # revoked
+    assert consumer.ack(_message(3)) is False
+    assert consumer._new_offset(tp) is None
