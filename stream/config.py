@@ -94,6 +94,7 @@ class WorkerSettings:
     watermark_interval_ms: int = 500
     fetch_max_wait_ms: int = 50
     linger_ms: int = 5
+    standby_replicas: int = 0
     session_timeout_s: float = 30.0
     rebalance_timeout_s: float = 30.0
     heartbeat_interval_s: float = 3.0
@@ -115,6 +116,7 @@ class WorkerSettings:
             batch_wait_ms=int(env.get("RISKSTREAM_BATCH_WAIT_MS", cls.batch_wait_ms)),
             fetch_max_wait_ms=int(env.get("RISKSTREAM_FETCH_MAX_WAIT_MS", cls.fetch_max_wait_ms)),
             linger_ms=int(env.get("RISKSTREAM_LINGER_MS", cls.linger_ms)),
+            standby_replicas=int(env.get("RISKSTREAM_STANDBY_REPLICAS", cls.standby_replicas)),
             watermark_interval_ms=int(
                 env.get("RISKSTREAM_WATERMARK_INTERVAL_MS", cls.watermark_interval_ms)
             ),

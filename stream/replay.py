@@ -174,6 +174,9 @@ async def publish(
         with progress:
             task = progress.add_task("replay", total=total, rate=0.0)
             batch: list[asyncio.Future] = []
+            # Wait for acknowledgements per chunk; when paced, every ~50 ms worth of events
+            # (waiting for each one would cap the rate near 1 / (linger + round trip)).
+            every = chunk if rate <= 0 else max(1, min(chunk, int(rate * 0.05)))
             for outgoing in events:
                 if outgoing.topic not in topics_seen:
                     await ensure_topics(
@@ -183,7 +186,7 @@ async def publish(
                 batch.append(await producer.send(outgoing.topic, outgoing.value, key=outgoing.key))
                 _count(stats, settings, outgoing.topic)
                 await limiter.wait()
-                if len(batch) >= chunk or rate > 0:
+                if len(batch) >= every:
                     await asyncio.gather(*batch)
                     elapsed = max(time.monotonic() - started, 1e-9)
                     progress.update(task, advance=len(batch), rate=stats.total / elapsed)

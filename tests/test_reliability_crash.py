@@ -103,14 +103,19 @@ def replay_labels_first(
     return transactions, len(labels)
 
 
-def publish_in_background(env: StreamEnv, events: Iterable[Outgoing]) -> Callable[[], ReplayStats]:
-    """Publish while the test goes on (kills, joins); the returned function waits for it."""
+def publish_in_background(
+    env: StreamEnv, events: Iterable[Outgoing], rate: float = 0.0
+) -> Callable[[], ReplayStats]:
+    """Publish (at `rate` events/s; 0: as fast as possible) while the test goes on (kills,
+    joins); the returned function waits for it."""
     settings = env.settings()
     result: list[ReplayStats | BaseException] = []
 
     def replay() -> None:
         try:
-            result.append(asyncio.run(publish(settings, iter(events), show_progress=False)))
+            result.append(
+                asyncio.run(publish(settings, iter(events), rate=rate, show_progress=False))
+            )
         except BaseException as exc:  # handed to the test thread below
             result.append(exc)
 
@@ -267,7 +272,9 @@ def test_a_worker_joins_and_leaves_mid_stream_and_nothing_is_lost(
         expected = reference(history, model)
         first.wait_assigned(120)
         transactions, _ = replay_labels_first(env, history, first)
-        replayed = publish_in_background(env, transactions)
+        # Paced, so that the second worker joins and leaves while events still arrive however
+        # fast the first one drains them.
+        replayed = publish_in_background(env, transactions, rate=1_000.0)
         scored_first, scored_second = Scored(first), Scored(second)
         wait_until(lambda: scored_first.poll() >= 0.2 * n, 600, first)
         second.start()
