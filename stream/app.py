@@ -257,7 +257,8 @@ def build_app(
 
     @app.timer(interval=5.0)
     async def report_lag() -> None:
-        assignment = app.consumer.assignment()
+        # Source partitions only: changelogs are Faust's bookkeeping, not work behind.
+        assignment = [tp for tp in app.consumer.assignment() if tp.topic in progress.sources]
         try:  # bounded: a broker that hangs (frozen, partitioned) must show up in the log too
             high = (
                 await asyncio.wait_for(app.consumer.highwaters(*assignment), BROKER_TIMEOUT_S)
@@ -272,9 +273,10 @@ def build_app(
             return
         progress.last_broker_contact = time.monotonic()
         metrics.set_healthy(True)
-        for tp, highwater in high.items():
-            if tp.topic not in progress.sources:
-                continue  # changelog partitions are Faust's bookkeeping, not work behind
+        for tp, listed in high.items():
+            # The embedded broker lists a batch's base offset + 1 as the end; fetch responses
+            # (what the consumer saw last) carry the true high-water mark.
+            highwater = max(listed, _fetched_highwater(app, tp))
             committed = app.consumer._committed_offset.get(tp)  # Faust has no accessor
             done = max(progress.offsets.get((tp.topic, tp.partition), -1), (committed or 0) - 1)
             lag = max(0, highwater - done - 1)
@@ -482,6 +484,15 @@ async def _start_offset(app: faust.App, tp: Any) -> int:
         return int(committed)
     earliest = await app.consumer.earliest_offsets(tp)
     return int(earliest.get(tp, 0) or 0)
+
+
+def _fetched_highwater(app: faust.App, tp: Any) -> int:
+    """The high-water mark of the consumer's last fetch of tp (0: none yet, or not assigned
+    any more: a rebalance can run between listing and this call)."""
+    try:
+        return int(app.consumer.highwater(tp) or 0)
+    except Exception:  # aiokafka asserts the partition is assigned
+        return 0
 
 
 def _ms(timestamp_seconds: float) -> int:

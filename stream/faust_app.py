@@ -70,7 +70,10 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         module notes: the embedded broker lists the last batch's base offset + 1)."""
         listed = dict(await super()._highwaters(partitions))
         kwargs = getattr(self.app, "riskstream_probe_kwargs", None)
-        if kwargs is None or not listed:
+        # Only changelogs: a fetch names its topics, and a broker that auto-creates topics
+        # would recreate lost source topics and hide their loss (riskstream.app).
+        changelogs = {tp: end for tp, end in listed.items() if tp.topic.endswith("-changelog")}
+        if kwargs is None or not changelogs:
             return listed
         if self._probe_lock is None:
             self._probe_lock = asyncio.Lock()  # recovery and the lag report may ask at once
@@ -80,7 +83,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                     **kwargs, enable_auto_commit=False, max_partition_fetch_bytes=1
                 )
                 await self._probe.start()
-            fetched = await fetched_highwaters(self._probe, listed)
+            fetched = await fetched_highwaters(self._probe, changelogs)
         return {tp: max(end, fetched.get(tp, end)) for tp, end in listed.items()}
 
     async def on_thread_stop(self) -> None:
