@@ -321,13 +321,8 @@ def build_app(
     @app.on_partitions_assigned.connect
     async def forget_moved_partitions(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
         progress.assigned = True
-        progress.forget(
-            [
-                key
-                for key in progress.offsets
-                if key not in {(tp.topic, tp.partition) for tp in assigned}
-            ]
-        )
+        owned = {(tp.topic, tp.partition) for tp in assigned}
+        progress.forget([key for key in progress.offsets if key not in owned])
         metrics.retain_partitions((tp.topic, tp.partition) for tp in assigned)
 
     return app
@@ -511,6 +506,7 @@ def _wire_market(
     market = app.topic(topics.market, partitions=partitions, **RAW)
     instruments = app.Table("instruments", partitions=partitions, **RAW_TABLE)
     batcher = make_batcher(model, topics.market)
+    changelog = changelog_sender(app)
     app.riskstream_progress.sources.add(market.get_topic_name())  # type: ignore[attr-defined]
 
     @app.agent(market, name="market-stage")
@@ -521,7 +517,7 @@ def _wire_market(
             ok, pending = await guarded(
                 event, pipeline.market_stage, m.value, m.key, _ms(m.timestamp), instruments
             )
-            await instruments.send_changelog_writes(changelog_sender(app))
+            await instruments.send_changelog_writes(changelog)
             if ok:
                 await batcher.add(pending, _acker(manual, event))
             else:
