@@ -163,6 +163,20 @@ async def missing_topics(settings: Settings, wanted: set[str]) -> set[str] | Non
     return wanted - listed
 
 
+def internal_topics(app: faust.App) -> dict[str, int]:
+    """Topics only this app writes (table changelogs, the terminal hop), with partition counts."""
+    default = app.conf.topic_partitions
+    found = {
+        table.changelog_topic.get_topic_name(): table.partitions or default
+        for table in app.tables.values()
+    }
+    for agent in app.agents.values():
+        channel = agent.channel
+        if getattr(channel, "internal", False):
+            found.update({name: channel.partitions or default for name in channel.topics})
+    return found
+
+
 def exit_topics_lost(settings: Settings, missing: set[str]) -> None:
     """Exit at once: the outputs of anything processed from here on could be unreadable."""
     log.critical(

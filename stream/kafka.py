@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -42,8 +43,11 @@ async def partition_counts(
     """Partition count of each existing topic among `topics` (missing topics are left out)."""
     admin = await _start_admin(kafka, timeout)
     try:
-        wanted = list(topics)
-        described = await admin.describe_topics(wanted)
+        # Only listed topics are described: a metadata request naming a topic creates it on
+        # brokers that auto-create topics, with the broker's partition count, not ours.
+        listed = set(await admin.list_topics())
+        wanted = [topic for topic in topics if topic in listed]
+        described = await admin.describe_topics(wanted) if wanted else []
     finally:
         await admin.close()
     counts: dict[str, int] = {}
@@ -54,32 +58,126 @@ async def partition_counts(
 
 
 async def ensure_topics(
-    kafka: KafkaSettings, wanted: Mapping[str, int], timeout: float = 10.0
+    kafka: KafkaSettings,
+    wanted: Mapping[str, int],
+    timeout: float = 10.0,
+    *,
+    written_only_by_us: Collection[str] = (),
 ) -> dict[str, int]:
     """Create the topics that do not exist yet; returns every topic's actual partition count.
 
     Existing topics keep their partition count: the worker adapts to what producers made.
+    Topics in `written_only_by_us` are first cleared of a lost topic's leftovers
+    (`recreate_if_left_over`).
     """
     existing = await partition_counts(kafka, wanted, timeout)
-    missing = [
-        NewTopic(name, num_partitions=count, replication_factor=1)
-        for name, count in wanted.items()
-        if name not in existing
-    ]
+    missing = {name: count for name, count in wanted.items() if name not in existing}
     if missing:
-        admin = await _start_admin(kafka, timeout)
-        try:
-            await admin.create_topics(missing)
-        except TopicAlreadyExistsError:
-            log.debug("topics were created concurrently: %s", [t.name for t in missing])
-        finally:
-            await admin.close()
+        await _create(kafka, missing, timeout)
+        existing = await _wait_listed(kafka, wanted, timeout)
+    ours = {name: wanted[name] for name in written_only_by_us if name in existing}
+    if ours and await recreate_if_left_over(kafka, ours, existing, timeout):
+        existing = await _wait_listed(kafka, wanted, timeout)
+    return existing
+
+
+async def _create(kafka: KafkaSettings, topics: Mapping[str, int], timeout: float) -> None:
+    admin = await _start_admin(kafka, timeout)
+    try:
+        await admin.create_topics(
+            [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
+        )
+    except TopicAlreadyExistsError:
+        log.debug("topics were created concurrently: %s", sorted(topics))
+    finally:
+        await admin.close()
+
+
+async def _wait_listed(
+    kafka: KafkaSettings, wanted: Mapping[str, int], timeout: float
+) -> dict[str, int]:
+    existing: dict[str, int] = {}
+    for _ in range(50):
+        existing = await partition_counts(kafka, wanted, timeout)
+        if len(existing) == len(wanted):
+            break
+        await asyncio.sleep(0.1)
+    return existing
+
+
+async def recreate_if_left_over(
+    kafka: KafkaSettings,
+    wanted: Mapping[str, int],
+    existing: Mapping[str, int],
+    timeout: float = 10.0,
+) -> list[str]:
+    """Delete and create again the topics that serve records past their own end.
+
+    A broker that lost its topics (the embedded Tansu broker, memory-only, restarted) still
+    accepts writes to them from clients that knew them (a worker on its way out, a producer)
+    and keeps those records, while the topic itself starts again at offset 0 once it is
+    created (or auto-created by a metadata request). Its new writes then fail (UnknownError)
+    or land inside the old batches, where consumers never see them. Such a partition lists an
+    end offset past the high-water mark its fetches report, which no healthy broker does;
+    deleting the topic removes the kept records. Only for topics this app alone writes: their
+    old contents are gone anyway. Returns the topics recreated.
+    """
+    left_over = await _topics_past_their_end(kafka, existing, set(wanted))
+    if not left_over:
+        return []
+    log.warning(
+        "topics %s hold records past their end (a broker that lost its data kept late writes "
+        "to them): deleting them and creating them again",
+        sorted(left_over),
+    )
+    admin = await _start_admin(kafka, timeout)
+    try:
+        await admin.delete_topics(sorted(left_over))
         for _ in range(50):
-            existing = await partition_counts(kafka, wanted, timeout)
-            if len(existing) == len(wanted):
+            if not left_over & set(await admin.list_topics()):
                 break
             await asyncio.sleep(0.1)
-    return existing
+    finally:
+        await admin.close()
+    await _create(kafka, {name: wanted[name] for name in left_over}, timeout)
+    return sorted(left_over)
+
+
+async def _topics_past_their_end(
+    kafka: KafkaSettings, existing: Mapping[str, int], topics: set[str], wait_s: float = 2.0
+) -> set[str]:
+    """Topics with a partition whose listed end lies past the high-water mark a fetch reports.
+
+    The listed end (ListOffsets) of such a Tansu partition counts the kept records; a fetch
+    answers with the topic's own end. On a healthy broker the listed end is never larger.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        **kafka.aiokafka_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=1024,  # the high-water mark is all this fetch is for
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(name, p) for name in topics for p in range(existing[name])]
+        consumer.assign(partitions)
+        listed_ends = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=50)
+            if all(consumer.highwater(tp) is not None for tp in partitions):
+                break
+        return {
+            tp.topic
+            for tp in partitions
+            if (fetched := consumer.highwater(tp)) is not None and listed_ends[tp] > fetched
+        }
+    finally:
+        await consumer.stop()
 
 
 def faust_credentials(kafka: KafkaSettings) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +77,21 @@ def input_topics(settings: Settings) -> dict[str, int]:
     return wanted
 
 
-async def wait_for_topics(settings: Settings, max_backoff: float = 30.0) -> dict[str, int]:
+async def wait_for_topics(
+    settings: Settings,
+    wanted: dict[str, int],
+    written_only_by_us: Collection[str],
+    max_backoff: float = 30.0,
+) -> dict[str, int]:
     """Retry with exponential backoff until the broker answers; never give up on our own."""
     from riskstream.kafka import BrokerUnavailable, ensure_topics
 
     delay = 0.5
     while True:
         try:
-            return await ensure_topics(settings.kafka, input_topics(settings))
+            return await ensure_topics(
+                settings.kafka, wanted, written_only_by_us=written_only_by_us
+            )
         except BrokerUnavailable as exc:
             cause = exc.__cause__  # refused, timed out, TLS or SASL failure: say which
             why = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
@@ -97,7 +105,7 @@ def run_worker(settings: Settings) -> None:
     import faust
     from mode import Service
 
-    from riskstream.app import build_app, worker_id
+    from riskstream.app import build_app, internal_topics, worker_id
     from riskstream.metrics import MetricsServer, MetricsServerError, WorkerMetrics
     from riskstream.scoring import ModelError
 
@@ -138,9 +146,15 @@ def run_worker(settings: Settings) -> None:
         sys.exit(EXIT_METRICS_PORT)
     log.info("metrics at http://%s:%s/metrics", settings.metrics_host, settings.metrics_port)
 
-    partitions = loop.run_until_complete(wait_for_topics(settings))
+    outputs = {settings.topics.scores, settings.topics.alerts, settings.topics.dlq}
+    partitions = loop.run_until_complete(
+        wait_for_topics(settings, input_topics(settings), written_only_by_us=outputs)
+    )
     log.info("topics ready: %s", partitions)
     health.app = build_app(settings, models, metrics, partitions)
+    # Created here rather than by Faust, so that leftovers of a lost topic are cleared first.
+    internal = internal_topics(health.app)
+    loop.run_until_complete(wait_for_topics(settings, internal, written_only_by_us=internal))
 
     class MetricsService(Service):
         async def on_stop(self) -> None:
