@@ -15,7 +15,8 @@ A broker that comes back without the worker's topics (a memory-only broker resta
 deleted) has lost the changelogs and committed offsets the worker relies on, and some brokers
 (Tansu) then accept writes to the vanished topics without listing them, so consumers never see
 those records. The worker cannot repair that in place: it exits with EXIT_TOPICS_LOST and a
-restart recreates the topics and starts from what the broker still has.
+restart recreates the topics, first clearing the records the broker kept for them
+(riskstream.kafka.recreate_if_left_over), and starts from what the broker still has.
 """
 
 from __future__ import annotations
@@ -142,25 +143,49 @@ def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-async def missing_topics(settings: Settings, wanted: set[str]) -> set[str] | None:
-    """The wanted topics the broker does not list; None when the broker does not answer.
+class TopicWatch:
+    """Which wanted topics the broker no longer lists, over one admin connection kept open.
 
     Lists every topic instead of describing the wanted ones: a metadata request that names a
     topic creates it on brokers that auto-create topics (Tansu, Kafka's default), which would
-    hide the loss behind an empty topic with the broker's default partition count.
+    hide the loss behind an empty topic with the broker's default partition count. One
+    connection serves every check (reopened after a failure) instead of a new client, with its
+    bootstrap and version handshake, every few seconds.
     """
-    from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(**settings.kafka.aiokafka_kwargs(), request_timeout_ms=5000)
-    try:
-        await asyncio.wait_for(admin.start(), 5.0)
-        listed = set(await admin.list_topics())
-    except Exception as exc:
-        log.debug("cannot list topics: %s", exc)
-        return None
-    finally:
-        await admin.close()
-    return wanted - listed
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._admin: Any = None
+
+    async def missing(self, wanted: set[str]) -> set[str] | None:
+        """The wanted topics not listed; None when the broker does not answer."""
+        try:
+            if self._admin is None:
+                self._admin = await self._open()
+            listed = set(await asyncio.wait_for(self._admin.list_topics(), 5.0))
+        except Exception as exc:
+            log.debug("cannot list topics: %s", exc)
+            await self.close()
+            return None
+        return wanted - listed
+
+    async def _open(self) -> Any:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(
+            **self._settings.kafka.aiokafka_kwargs(), request_timeout_ms=5000
+        )
+        try:
+            await asyncio.wait_for(admin.start(), 5.0)
+        except BaseException:
+            await admin.close()
+            raise
+        return admin
+
+    async def close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await admin.close()
 
 
 def internal_topics(app: faust.App) -> dict[str, int]:
@@ -306,6 +331,8 @@ def build_app(
                     _flow_state(app, tp),
                 )
 
+    topic_watch = TopicWatch(settings)
+
     @app.timer(interval=TOPIC_CHECK_SECONDS)
     async def watch_topics() -> None:
         if not progress.assigned:
@@ -317,7 +344,7 @@ def build_app(
             topics.alerts,
             topics.dlq,
         }
-        missing = await missing_topics(settings, wanted)
+        missing = await topic_watch.missing(wanted)
         if missing is None:  # the broker does not answer: report_lag marks the worker unhealthy
             return
         progress.topic_misses = progress.topic_misses + 1 if missing else 0

@@ -90,9 +90,9 @@ class WorkerSettings:
     models: tuple[str, ...] = ("fraud", "market")
     partitions: int = 6
     batch_size: int = 512
-    batch_wait_ms: int = 20
+    batch_wait_ms: int = 2
     watermark_interval_ms: int = 500
-    fetch_max_wait_ms: int = 50
+    fetch_max_wait_ms: int = 10
     linger_ms: int = 5
     standby_replicas: int = 0
     session_timeout_s: float = 30.0
