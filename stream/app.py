@@ -125,6 +125,15 @@ def _check_delivery(app: faust.App, topic: str, future: Any) -> None:
     os._exit(EXIT_PUBLISH_FAILED)  # a graceful stop would commit what the agents acked
 
 
+def _note_lost_report(future: Any) -> None:
+    """Retrieve a watermark report's failure, so asyncio does not log it as never retrieved."""
+    if not future.cancelled() and future.exception() is not None:
+        log.warning(
+            "a watermark report was not delivered (%r); the next one replaces it",
+            future.exception(),
+        )
+
+
 def _flow_state(app: faust.App, tp: Any) -> str:
     """What Faust's consumer thinks of a partition, for a stall warning."""
     consumer = app.consumer
@@ -413,7 +422,8 @@ def _wire_fraud(
         """To every stage-2 partition, after the forwards it covers (same producer)."""
         mark = pipeline.encode_forwarded(pipeline.ForwardedWatermark(*source, value))
         for partition in range(n_transactions):  # a lost report is harmless: the next one wins
-            await app.producer.send(by_terminal_name, None, mark, partition, None, None)
+            delivery = await app.producer.send(by_terminal_name, None, mark, partition, None, None)
+            delivery.add_done_callback(_note_lost_report)
         clocks.sent(source, value, time.monotonic())
 
     @app.agent(transactions, name="fraud-customer-stage")
