@@ -27,6 +27,21 @@ handbook replay with a second worker joining lost 13,309 transactions, committed
 scored). `_Consumer` ignores acknowledgements and commits for partitions it does not own and
 starts each assignment with clean acknowledgement bookkeeping.
 
+Re-delivery after a seek. Faust drops a fetched message whose offset is below the last one
+it handed on for that partition ("read offset"), to hide the repeats a seek back to the
+committed offset causes. But at the end of table recovery it resumes the stream partitions
+before seeking them: a fetch made in between delivers messages, the seek resets the read
+offset, and records fetched before the seek then move it far ahead again; the seek's own
+re-fetch from the committed offset is dropped up to there. Whatever of the first delivery was
+not processed (seen: a SIGKILL test where 137 transactions forwarded just before the kill were
+never scored by the next three worker processes, the group's commit stuck before them) was
+then lost until the next restart. `_Consumer` never drops on the read offset: every fetched
+message is handed on, so a seek can only cause repeats, which riskstream's idempotent steps
+and alert ids absorb. And records of a partition sought after they were fetched are not
+handed on at all: out of order behind the seek's re-fetch they put a customer's later
+transaction before earlier ones (seen: a score 0.059 off in a SIGKILL run); the partition is
+read again from its committed offset instead.
+
 Fetch wait. faust-streaming 0.15 creates its aiokafka consumer with `fetch_max_wait_ms=1500`
 written into the driver (faust/transport/drivers/aiokafka.py), not taken from a setting. A
 broker may hold a fetch that long before answering even when records arrived meanwhile (the
@@ -40,16 +55,20 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Awaitable, Callable, Mapping
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import aiokafka
+import aiokafka.errors
 import faust
 from faust.stores import memory as faust_memory
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from riskstream.config import Settings
 from riskstream.kafka import faust_credentials
+
+_log = logging.getLogger("riskstream.worker")
 
 ChangelogSend = Callable[[str, Any, Any, int | None], Awaitable[Any]]
 
@@ -112,8 +131,80 @@ async def fetched_highwaters(
     return marks
 
 
+async def _seek_back_to_committed(client: aiokafka.AIOKafkaConsumer, partitions: set[Any]) -> None:
+    """To the committed offset, or the beginning when nothing was committed yet (aiokafka's
+    own seek_to_committed leaves such a partition where it is)."""
+    for tp in partitions:
+        partition = aiokafka.TopicPartition(tp.topic, tp.partition)
+        try:
+            committed = await client.committed(partition)
+            if committed:
+                client.seek(partition, committed)
+            else:
+                await client.seek_to_beginning(partition)
+        except aiokafka.errors.IllegalStateError:
+            continue  # no longer assigned: its next owner reads it from the committed offset
+        except aiokafka.errors.KafkaError as exc:
+            _log.warning(
+                "could not read %s again from its committed offset (%r); records fetched "
+                "before a seek were held back and are read again after the next restart or "
+                "rebalance, never committed past",
+                tp,
+                exc,
+            )
+
+
+class _NoReadOffsets(dict):
+    """Faust's read offsets, with every lookup answering "nothing read yet" (module notes)."""
+
+    def __getitem__(self, tp: Any) -> None:
+        return None
+
+
 class _Consumer(faust_aiokafka.Consumer):
     _owned: frozenset[Any] = frozenset()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_offset = _NoReadOffsets()
+        self._seeks: dict[Any, int] = {}  # per partition: how many seeks so far
+        self._seeks_at_fetch: dict[Any, int] = {}  # the same, when the batch at hand was asked for
+
+    async def seek_to_committed(self) -> Mapping[Any, int]:
+        self._count_seeks(self.assignment())
+        return await super().seek_to_committed()
+
+    async def _seek(self, partition: Any, offset: int) -> None:
+        self._count_seeks([partition])
+        await super()._seek(partition, offset)
+
+    def _count_seeks(self, partitions: Iterable[Any]) -> None:
+        for tp in partitions:
+            self._seeks[tp] = self._seeks.get(tp, 0) + 1
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        seeks = dict(self._seeks)  # a seek from here on makes this batch's records stale
+        records = await super()._getmany(active_partitions, timeout)
+        self._seeks_at_fetch = seeks
+        return records
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        """Faust's batch, without the records of a partition sought since it was fetched."""
+        stale: set[Any] = set()
+        async for tp, message in super().getmany(timeout):
+            if self._is_stale(tp):
+                stale.add(tp)
+                continue
+            yield tp, message
+        if stale:  # they may also be records read from the new position: read them again
+            self._count_seeks(stale)
+            client = self._thread._ensure_consumer()
+            await self._thread.call_thread(_seek_back_to_committed, client, stale)
+
+    def _is_stale(self, tp: Any) -> bool:
+        if tp.topic in self.app.tables.changelog_topics:
+            return False  # recovery positions these itself; no commits to go back to
+        return self._seeks.get(tp, 0) != self._seeks_at_fetch.get(tp, 0)
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
