@@ -7,7 +7,7 @@
 
 The offline reference is `compute_fraud_features` over the whole history plus the shipped
 model. Two choices keep these tests about recovery and nothing else (see the README's
-Reliability section for why): every customer pays at a terminal of its own, so a terminal's
+Reliability section): every customer pays at a terminal of its own, so a terminal's
 transactions all come through one customer partition, in order; and the fraud labels are
 published, and forwarded, before the transactions (a label that arrives early is harmless, one
 that arrives late is not). A backlog read across several customer partitions can otherwise run
