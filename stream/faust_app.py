@@ -202,9 +202,10 @@ class _Consumer(faust_aiokafka.Consumer):
             await self._thread.call_thread(_seek_back_to_committed, client, stale)
 
     def _is_stale(self, tp: Any) -> bool:
-        if tp.topic in self.app.tables.changelog_topics:
-            return False  # recovery positions these itself; no commits to go back to
-        return self._seeks.get(tp, 0) != self._seeks_at_fetch.get(tp, 0)
+        if self._seeks.get(tp, 0) == self._seeks_at_fetch.get(tp, 0):
+            return False
+        # Changelogs: recovery positions them itself, and there are no commits to go back to.
+        return tp.topic not in self.app.tables.changelog_topics
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
