@@ -66,7 +66,7 @@ from faust.stores import memory as faust_memory
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from riskstream.config import Settings
-from riskstream.kafka import faust_credentials
+from riskstream.kafka import faust_credentials, fetched_highwaters
 
 _log = logging.getLogger("riskstream.worker")
 
@@ -109,26 +109,6 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if self._probe is not None:
             await self._probe.stop()
         await super().on_thread_stop()
-
-
-async def fetched_highwaters(
-    probe: aiokafka.AIOKafkaConsumer, listed: Mapping[Any, int], timeout: float = 2.0
-) -> dict[Any, int]:
-    """The high-water marks a fetch response reports for the listed partitions, read by a
-    group-less consumer positioned at each listed end − 1 (partitions it could not reach in
-    `timeout` keep no entry)."""
-    probe.assign(list(listed))
-    for tp, end in listed.items():
-        probe.seek(tp, max(end - 1, 0))
-    deadline = asyncio.get_running_loop().time() + timeout
-    marks: dict[Any, int] = {}
-    while len(marks) < len(listed) and asyncio.get_running_loop().time() < deadline:
-        await probe.getmany(*listed, timeout_ms=200)
-        for tp in listed:
-            mark = probe.highwater(tp)
-            if mark is not None:
-                marks[tp] = mark
-    return marks
 
 
 async def _seek_back_to_committed(client: aiokafka.AIOKafkaConsumer, partitions: set[Any]) -> None:

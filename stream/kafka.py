@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
@@ -151,8 +151,6 @@ async def _topics_past_their_end(
     The listed end (ListOffsets) of such a Tansu partition counts the kept records; a fetch
     answers with the topic's own end. On a healthy broker the listed end is never larger.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     consumer = AIOKafkaConsumer(
         **kafka.aiokafka_kwargs(),
         group_id=None,
@@ -163,21 +161,31 @@ async def _topics_past_their_end(
     await consumer.start()
     try:
         partitions = [TopicPartition(name, p) for name in topics for p in range(existing[name])]
-        consumer.assign(partitions)
         listed_ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            await consumer.getmany(timeout_ms=50)
-            if all(consumer.highwater(tp) is not None for tp in partitions):
-                break
-        return {
-            tp.topic
-            for tp in partitions
-            if (fetched := consumer.highwater(tp)) is not None and listed_ends[tp] > fetched
-        }
+        fetched = await fetched_highwaters(consumer, listed_ends, wait_s)
+        return {tp.topic for tp, end in listed_ends.items() if tp in fetched and end > fetched[tp]}
     finally:
         await consumer.stop()
+
+
+async def fetched_highwaters(
+    probe: AIOKafkaConsumer, listed: Mapping[Any, int], timeout: float = 2.0
+) -> dict[Any, int]:
+    """The high-water marks a fetch response reports for the listed partitions, read by a
+    group-less consumer positioned at each listed end − 1 (partitions it could not reach in
+    `timeout` keep no entry)."""
+    probe.assign(list(listed))
+    for tp, end in listed.items():
+        probe.seek(tp, max(end - 1, 0))
+    deadline = asyncio.get_running_loop().time() + timeout
+    marks: dict[Any, int] = {}
+    while len(marks) < len(listed) and asyncio.get_running_loop().time() < deadline:
+        await probe.getmany(*listed, timeout_ms=200)
+        for tp in listed:
+            mark = probe.highwater(tp)
+            if mark is not None:
+                marks[tp] = mark
+    return marks
 
 
 def faust_credentials(kafka: KafkaSettings) -> Any:

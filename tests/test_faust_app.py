@@ -19,8 +19,8 @@ from riskstream.faust_app import (
     _Consumer,
     committable_end,
     faust_app,
-    fetched_highwaters,
 )
+from riskstream.kafka import fetched_highwaters
 
 
 @pytest.mark.parametrize(
