@@ -93,11 +93,13 @@ class WorkerSettings:
     batch_wait_ms: int = 2
     watermark_interval_ms: int = 500
     fetch_max_wait_ms: int = 10
+    fetch_wait_ceiling_ms: int = 5000
     linger_ms: int = 5
     standby_replicas: int = 0
     session_timeout_s: float = 30.0
     rebalance_timeout_s: float = 30.0
     heartbeat_interval_s: float = 3.0
+    stall_seconds: float = 120.0
     log_level: str = "info"
 
     @classmethod
@@ -115,6 +117,9 @@ class WorkerSettings:
             batch_size=int(env.get("RISKSTREAM_BATCH_SIZE", cls.batch_size)),
             batch_wait_ms=int(env.get("RISKSTREAM_BATCH_WAIT_MS", cls.batch_wait_ms)),
             fetch_max_wait_ms=int(env.get("RISKSTREAM_FETCH_MAX_WAIT_MS", cls.fetch_max_wait_ms)),
+            fetch_wait_ceiling_ms=int(
+                env.get("RISKSTREAM_FETCH_WAIT_CEILING_MS", cls.fetch_wait_ceiling_ms)
+            ),
             linger_ms=int(env.get("RISKSTREAM_LINGER_MS", cls.linger_ms)),
             standby_replicas=int(env.get("RISKSTREAM_STANDBY_REPLICAS", cls.standby_replicas)),
             watermark_interval_ms=int(
@@ -127,6 +132,7 @@ class WorkerSettings:
             heartbeat_interval_s=float(
                 env.get("RISKSTREAM_HEARTBEAT_INTERVAL_S", cls.heartbeat_interval_s)
             ),
+            stall_seconds=float(env.get("RISKSTREAM_STALL_SECONDS", cls.stall_seconds)),
             log_level=env.get("RISKSTREAM_LOG_LEVEL", cls.log_level).lower(),
         )
 

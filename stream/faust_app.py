@@ -48,7 +48,9 @@ broker may hold a fetch that long before answering even when records arrived mea
 embedded Tansu broker does), and a fraud score takes two fetches (transactions, then the
 terminal topic), so that constant alone put seconds into the event-to-score latency.
 `RiskstreamApp` builds its consumer through a driver subclass that only replaces that value
-(`RISKSTREAM_FETCH_MAX_WAIT_MS`).
+(`RISKSTREAM_FETCH_MAX_WAIT_MS`), and lets it grow while the broker answers fetches without the
+records it holds (riskstream.fetch_wait: the embedded broker needs more than 10 ms to find a
+position in a partition of many batches).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from faust.stores import memory as faust_memory
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from riskstream.config import Settings
+from riskstream.fetch_wait import DEFAULT_CEILING_MS, AdaptiveFetchWait
 from riskstream.kafka import faust_credentials, fetched_highwaters
 
 _log = logging.getLogger("riskstream.worker")
@@ -76,6 +79,16 @@ ChangelogSend = Callable[[str, Any, Any, int | None], Awaitable[Any]]
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     _probe: aiokafka.AIOKafkaConsumer | None = None
     _probe_lock: asyncio.Lock | None = None
+    fetch_wait: AdaptiveFetchWait | None = None
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        wait_ms = getattr(self.app, "riskstream_fetch_max_wait_ms", None)
+        if wait_ms is not None:  # see riskstream.fetch_wait: the embedded broker needs it
+            ceiling_ms = getattr(self.app, "riskstream_fetch_wait_ceiling_ms", None)
+            self.fetch_wait = AdaptiveFetchWait(wait_ms, ceiling_ms or DEFAULT_CEILING_MS).install(
+                self._consumer
+            )
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -307,6 +320,7 @@ class RiskstreamApp(faust.App):
     and commits only past acknowledged offsets."""
 
     riskstream_fetch_max_wait_ms: int | None = None
+    riskstream_fetch_wait_ceiling_ms: int | None = None
     riskstream_probe_kwargs: dict[str, Any] | None = None
 
     def _new_transport(self) -> Any:
@@ -346,5 +360,6 @@ def faust_app(settings: Settings, partitions: int) -> faust.App:
         value_serializer="raw",
     )
     app.riskstream_fetch_max_wait_ms = worker.fetch_max_wait_ms
+    app.riskstream_fetch_wait_ceiling_ms = worker.fetch_wait_ceiling_ms
     app.riskstream_probe_kwargs = settings.kafka.aiokafka_kwargs()
     return app

@@ -1,0 +1,125 @@
+"""A fetch wait that grows while the broker runs out of time, not out of records.
+
+Why. riskstream asks the broker to hold an empty fetch only briefly (`RISKSTREAM_FETCH_MAX_WAIT_MS`,
+10 ms), so that an idle worker sees a new event at once. A broker that answers as soon as it has
+records (Apache Kafka) never needs more. The embedded broker (Tansu, memory storage) finds a
+fetch's position by listing the partition's stored batches from the first one on, and stops
+listing when the fetch's wait has passed: once a partition holds more batches than it can list
+in that time (about 10,000 batches per 5 ms on the 2-core machine), every fetch at a later
+position is answered with no records and a high-water mark past it, the position never moves,
+and the partition is stuck for good. With a 10 ms wait, one worker replaying the handbook stopped
+scoring after some 40,000 transactions (its terminal-stage partitions held ~10,000 records in
+~2,500 batches each), and a worker joining the group recovered its tables a handful of records
+per fetch.
+
+What. `AdaptiveFetchWait` reads every fetch answer of one aiokafka consumer. A partition answered
+without records, without error, with a high-water mark past the offset asked for was starved: the
+next fetches ask for twice the wait, up to a ceiling. An answer with no records anywhere and no
+starved partition (the worker is idle, and only then does a long wait cost latency) halves it
+back toward the configured wait. On a broker that answers promptly the wait never moves; on Tansu
+it settles just above what listing a partition takes.
+
+How. aiokafka's Fetcher reads `_fetch_max_wait_ms` for each request it builds and sends through
+its `_client`; the fetcher's client is replaced by a proxy that sees fetch answers and passes
+everything else through. Tested with aiokafka 0.14 (pinned in pyproject.toml).
+
+Pinned by tests/test_fetch_wait.py: against the real broker, a partition of 10,000 one-record
+batches read at a 1 ms wait returns nothing without the adaptation and every record with it; the
+unit tests there fix the rule (starved doubles, idle halves, records alone keep).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FETCH_API_KEY = 1
+DEFAULT_CEILING_MS = 5000
+
+
+class AdaptiveFetchWait:
+    """Owns the fetch wait of one aiokafka consumer's fetcher (see the module notes)."""
+
+    def __init__(self, floor_ms: int, ceiling_ms: int = DEFAULT_CEILING_MS) -> None:
+        self.floor_ms = max(1, int(floor_ms))
+        self.ceiling_ms = max(self.floor_ms, int(ceiling_ms))
+        self.wait_ms = self.floor_ms
+        self.starved_answers = 0  # fetch answers that starved a partition, for the log and tests
+        self._fetcher: Any = None
+        self._highest_logged = self.floor_ms
+
+    def install(self, consumer: Any) -> AdaptiveFetchWait:
+        """Take over the wait of a started aiokafka consumer's fetcher."""
+        fetcher = consumer._fetcher
+        if fetcher is None:
+            raise RuntimeError("install the adaptive fetch wait after the consumer started")
+        self._fetcher = fetcher
+        fetcher._client = _FetchObservingClient(fetcher._client, self)
+        self._apply()
+        return self
+
+    def observe(self, partitions: Iterable[tuple[int, int, int, bool]]) -> None:
+        """One fetch answer: (offset asked, error code, high-water mark, has records) each."""
+        starved = fed = False
+        for offset, error_code, highwater, has_records in partitions:
+            if has_records:
+                fed = True
+            elif error_code == 0 and highwater > offset:
+                starved = True
+        if starved:
+            self.starved_answers += 1
+            self.wait_ms = min(self.ceiling_ms, self.wait_ms * 2)
+            self._log_rise()
+        elif not fed:
+            self.wait_ms = max(self.floor_ms, self.wait_ms // 2)
+        self._apply()
+
+    def _apply(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher._fetch_max_wait_ms = self.wait_ms
+
+    def _log_rise(self) -> None:
+        if self.wait_ms > self._highest_logged:
+            self._highest_logged = self.wait_ms
+            log.info(
+                "the broker answered a fetch without the records it holds (it ran out of time "
+                "looking them up): fetches now wait up to %d ms when there is nothing to read",
+                self.wait_ms,
+            )
+
+
+class _FetchObservingClient:
+    """The fetcher's AIOKafkaClient, passing fetch answers to an AdaptiveFetchWait on the way."""
+
+    def __init__(self, client: Any, wait: AdaptiveFetchWait) -> None:
+        self._client = client
+        self._wait = wait
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def send(self, node_id: int, request: Any, *args: Any, **kwargs: Any) -> Any:
+        response = await self._client.send(node_id, request, *args, **kwargs)
+        if getattr(request, "API_KEY", None) == FETCH_API_KEY:
+            self._wait.observe(fetch_answers(request, response))
+        return response
+
+
+def fetch_answers(request: Any, response: Any) -> list[tuple[int, int, int, bool]]:
+    """(offset asked, error code, high-water mark, has records) for each partition answered."""
+    asked = {
+        (topic, partition): offset
+        for topic, partitions in request.topics
+        for partition, offset, _max_bytes in partitions
+    }
+    answers = []
+    for topic, partitions in response.topics:
+        for partition, error_code, highwater, *rest in partitions:
+            offset = asked.get((topic, partition))
+            if offset is not None:
+                records = rest[-1] if rest else None
+                answers.append((offset, error_code, highwater, bool(records)))
+    return answers

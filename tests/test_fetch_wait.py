@@ -1,0 +1,124 @@
+"""The adaptive fetch wait (riskstream.fetch_wait): the rule, and the broker behaviour it answers.
+
+The embedded broker looks a fetch's position up by listing the partition's batches from the
+first one and gives up when the fetch's wait has passed; a partition of many batches read with a
+short wait then answers nothing, for ever. These tests build such a partition on a broker of
+their own and read its last records with and without the adaptation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from riskstream.broker import EmbeddedBroker, free_port
+from riskstream.fetch_wait import AdaptiveFetchWait, fetch_answers
+
+BATCHES = 10_000  # listing these takes the broker ~5 ms on the 2-core machine, far above 1 ms
+SHORT_WAIT_MS = 1
+
+
+def test_a_starved_partition_doubles_the_wait_up_to_the_ceiling() -> None:
+    wait = AdaptiveFetchWait(10, ceiling_ms=50)
+    starved = (100, 0, 500, False)  # asked at 100, no error, high-water mark 500, no records
+    wait.observe([starved])
+    assert wait.wait_ms == 20
+    wait.observe([starved, (7, 0, 9, True)])  # records elsewhere do not hide a starved one
+    assert wait.wait_ms == 40
+    wait.observe([starved])
+    assert wait.wait_ms == 50
+    assert wait.starved_answers == 3
+
+
+def test_an_idle_answer_halves_the_wait_back_to_the_floor_and_records_keep_it() -> None:
+    wait = AdaptiveFetchWait(10, ceiling_ms=1000)
+    wait.wait_ms = 160
+    wait.observe([(5, 0, 9, True), (9, 0, 9, False)])  # records, nothing starved: keep
+    assert wait.wait_ms == 160
+    for expected in (80, 40, 20, 10, 10):
+        wait.observe([(9, 0, 9, False)])  # at the end, nothing to read: idle
+        assert wait.wait_ms == expected
+
+
+def test_an_error_or_an_end_position_is_not_starvation() -> None:
+    wait = AdaptiveFetchWait(10)
+    wait.observe([(100, 1, 500, False), (500, 0, 500, False)])  # offset out of range; at end
+    assert wait.wait_ms == 10
+    assert wait.starved_answers == 0
+
+
+def test_fetch_answers_pairs_each_partition_with_the_offset_asked() -> None:
+    request = SimpleNamespace(topics=[("t", [(0, 100, 1024), (1, 7, 1024)])])
+    response = SimpleNamespace(
+        topics=[("t", [(0, 0, 500, 0, b""), (1, 0, 9, 0, b"\x00records"), (2, 0, 1, 0, None)])]
+    )
+    assert fetch_answers(request, response) == [(100, 0, 500, False), (7, 0, 9, True)]
+
+
+@pytest.fixture(scope="module")
+def many_batches() -> Iterator[tuple[str, str]]:
+    """A broker of its own with one partition of BATCHES one-record batches."""
+    broker = EmbeddedBroker("127.0.0.1", free_port()).start()
+    try:
+        topic = "many-batches"
+        asyncio.run(_produce_one_record_batches(broker.bootstrap_servers, topic, BATCHES))
+        yield broker.bootstrap_servers, topic
+    finally:
+        broker.stop()
+
+
+async def _produce_one_record_batches(bootstrap: str, topic: str, count: int) -> None:
+    # One batch in flight per partition and batches too small for two records: one per batch.
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=16)
+    await producer.start()
+    try:
+        deliveries = [await producer.send(topic, b"r" * 20, partition=0) for _ in range(count)]
+        await asyncio.gather(*deliveries)
+    finally:
+        await producer.stop()
+
+
+async def _read_last_records(bootstrap: str, topic: str, adapt: bool, seconds: float) -> int:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=SHORT_WAIT_MS,
+    )
+    await consumer.start()
+    try:
+        if adapt:
+            AdaptiveFetchWait(SHORT_WAIT_MS).install(consumer)
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, BATCHES - 5)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            fetched = await consumer.getmany(tp, timeout_ms=250)
+            if fetched.get(tp):
+                return len(fetched[tp])
+        return 0
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.broker
+def test_a_short_wait_alone_never_reads_the_end_of_a_partition_of_many_batches(
+    many_batches: tuple[str, str],
+) -> None:
+    """The broker behaviour the adaptation exists for; if this fails, the broker changed."""
+    bootstrap, topic = many_batches
+    assert asyncio.run(_read_last_records(bootstrap, topic, adapt=False, seconds=3.0)) == 0
+
+
+@pytest.mark.broker
+def test_the_adaptive_wait_reads_the_end_of_a_partition_of_many_batches(
+    many_batches: tuple[str, str],
+) -> None:
+    bootstrap, topic = many_batches
+    assert asyncio.run(_read_last_records(bootstrap, topic, adapt=True, seconds=10.0)) == 5
