@@ -65,20 +65,39 @@ class Progress:
     assigned: bool = False  # topics are only checked once the group gave us partitions
     topic_misses: int = 0
     stuck_since: dict[tuple[str, int], tuple[int, float]] = dataclasses.field(default_factory=dict)
+    # Partitions with work behind them that have not moved, as of the last lag report:
+    # (topic, partition) -> (lag, seconds without progress). /healthz reads it.
+    stalls: dict[tuple[str, int], tuple[int, float]] = dataclasses.field(default_factory=dict)
 
-    def stalled(self, key: tuple[str, int], lag: int, now: float) -> float:
-        """Seconds a partition with work behind it has not moved (0 when it moves or is done)."""
-        done = self.offsets.get(key, -1)
+    def stalled(self, key: tuple[str, int], lag: int, now: float, done: int | None = None) -> float:
+        """Seconds a partition with work behind it has not moved (0 when it moves or is done).
+
+        `done` is the last offset processed, by default the last one this worker handed on.
+        """
+        done = self.offsets.get(key, -1) if done is None else done
         before = self.stuck_since.get(key)
         if lag <= 0 or before is None or before[0] != done:
             self.stuck_since[key] = (done, now)
+            self.stalls.pop(key, None)
             return 0.0
-        return now - before[1]
+        seconds = now - before[1]
+        self.stalls[key] = (lag, seconds)
+        return seconds
+
+    def longest_stalls(self, at_least: float) -> list[dict[str, Any]]:
+        """The partitions stalled for `at_least` seconds, longest first, for /healthz."""
+        found = [
+            {"topic": topic, "partition": partition, "lag": lag, "seconds": round(seconds)}
+            for (topic, partition), (lag, seconds) in self.stalls.items()
+            if seconds >= at_least
+        ]
+        return sorted(found, key=lambda stall: -stall["seconds"])
 
     def forget(self, keys: Any) -> None:
         for key in keys:
             self.offsets.pop(key, None)
             self.stuck_since.pop(key, None)
+            self.stalls.pop(key, None)
 
     def saw(self, event: EventT) -> None:
         message = event.message
@@ -134,8 +153,46 @@ def _note_lost_report(future: Any) -> None:
         )
 
 
-def _flow_state(app: faust.App, tp: Any) -> str:
+def _check_stall(
+    app: faust.App,
+    progress: Progress,
+    key: tuple[str, int],
+    lag: int,
+    now: float,
+    warn_after: float,
+    done: int | None = None,
+) -> None:
+    """Track a partition's progress; log it once it has had work and not moved for a while
+    (STALL_WARNING_SECONDS, or sooner when the health check calls it stalled sooner)."""
+    stalled = progress.stalled(key, lag, now, done)
+    if stalled >= min(STALL_WARNING_SECONDS, warn_after):
+        log.warning(
+            "%s:%d has %d records to read but has not moved for %.0f s (%s)",
+            key[0],
+            key[1],
+            lag,
+            stalled,
+            _flow_state(app, key),
+        )
+
+
+def _recovery_positions(app: faust.App) -> list[tuple[tuple[str, int], int, int]]:
+    """(changelog partition, records left, offset reached) for each table partition that
+    Faust's recovery still reads."""
+    recovery = app.tables.recovery
+    positions = []
+    for tp, left in recovery.active_remaining().items():
+        offset = recovery.active_offsets.get(tp)
+        if left > 0 and offset is not None:
+            positions.append(((tp.topic, tp.partition), int(left), int(offset)))
+    return positions
+
+
+def _flow_state(app: faust.App, key: tuple[str, int]) -> str:
     """What Faust's consumer thinks of a partition, for a stall warning."""
+    from faust.types import TP
+
+    tp = TP(*key)
     consumer = app.consumer
     client = getattr(getattr(consumer, "_thread", None), "_consumer", None)
     client_paused = tp in client.paused() if client is not None else "?"
@@ -320,7 +377,12 @@ def build_app(
             metrics.set_healthy(False)
             return
         progress.last_broker_contact = time.monotonic()
-        metrics.set_healthy(True)
+        now = time.monotonic()
+        if app.in_recovery:  # sources wait, paused, for the tables: judge recovery instead
+            progress.forget([(tp.topic, tp.partition) for tp in high])
+            high = {}
+            for key, lag, done in _recovery_positions(app):
+                _check_stall(app, progress, key, lag, now, settings.worker.stall_seconds, done)
         for tp, listed in high.items():
             # The embedded broker lists a batch's base offset + 1 as the end; fetch responses
             # (what the consumer saw last) carry the true high-water mark.
@@ -329,16 +391,11 @@ def build_app(
             done = max(progress.offsets.get((tp.topic, tp.partition), -1), (committed or 0) - 1)
             lag = max(0, highwater - done - 1)
             metrics.set_lag(tp.topic, tp.partition, lag)
-            stalled = progress.stalled((tp.topic, tp.partition), lag, time.monotonic())
-            if stalled >= STALL_WARNING_SECONDS:
-                log.warning(
-                    "%s:%d has %d events to read but has not moved for %.0f s (%s)",
-                    tp.topic,
-                    tp.partition,
-                    lag,
-                    stalled,
-                    _flow_state(app, tp),
-                )
+            stall_after = settings.worker.stall_seconds
+            _check_stall(app, progress, (tp.topic, tp.partition), lag, now, stall_after)
+        stalls = progress.longest_stalls(settings.worker.stall_seconds)
+        metrics.set_stalled(len(stalls))
+        metrics.set_healthy(not stalls)
 
     topic_watch = TopicWatch(settings)
 

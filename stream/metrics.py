@@ -266,6 +266,12 @@ class WorkerMetrics:
             "1 when the worker is connected, assigned and scoring; 0 otherwise.",
             registry=registry,
         )
+        self.stalled_partitions = Gauge(
+            "riskstream_stalled_partitions",
+            "Partitions with records to read (or table partitions to recover) that have not "
+            "moved for RISKSTREAM_STALL_SECONDS; /healthz answers 503 while this is above 0.",
+            registry=registry,
+        )
         self.worker_info = Gauge(
             "riskstream_worker_info",
             "One series per running worker (value 1); count() of it is the worker count.",
@@ -400,6 +406,9 @@ class WorkerMetrics:
 
     def set_held(self, count: int) -> None:
         self.held_transactions.set(count)
+
+    def set_stalled(self, partitions: int) -> None:
+        self.stalled_partitions.set(partitions)
 
     def set_healthy(self, healthy: bool) -> None:
         self.worker_healthy.set(1 if healthy else 0)

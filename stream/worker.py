@@ -136,7 +136,7 @@ def run_worker(settings: Settings) -> None:
     for model in models.values():
         metrics.set_model(model.name, model.version)
     metrics.set_healthy(False)
-    health = WorkerHealth(settings.kafka.bootstrap_servers)
+    health = WorkerHealth(settings.kafka.bootstrap_servers, settings.worker.stall_seconds)
     # Served before the broker is reached, so /healthz says why the worker is not ready yet.
     server = MetricsServer(settings.metrics_host, settings.metrics_port, metrics.registry, health)
     try:
@@ -174,8 +174,9 @@ def run_worker(settings: Settings) -> None:
 class WorkerHealth:
     """/healthz: 'waiting for broker' until the Faust app exists, then app_health()."""
 
-    def __init__(self, bootstrap_servers: str) -> None:
+    def __init__(self, bootstrap_servers: str, stall_seconds: float) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.stall_seconds = stall_seconds
         self.app: Any = None
 
     def __call__(self) -> tuple[bool, dict[str, Any]]:
@@ -184,7 +185,7 @@ class WorkerHealth:
                 "state": "waiting for broker",
                 "reasons": [f"no Kafka broker has answered at {self.bootstrap_servers} yet"],
             }
-        return app_health(self.app)
+        return app_health(self.app, self.stall_seconds)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -196,25 +197,37 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def app_health(app: Any) -> tuple[bool, dict[str, Any]]:
-    """Healthy when the worker reached the broker recently and is not stuck rebalancing."""
+def app_health(app: Any, stall_seconds: float) -> tuple[bool, dict[str, Any]]:
+    """Healthy when the worker reached the broker recently and no partition with records to
+    read (or table partition to recover) has stood still for `stall_seconds`: a stalled worker
+    answers 503 so that a supervisor restarts it."""
     import time
 
     progress = app.riskstream_progress
     since_contact = time.monotonic() - progress.last_broker_contact
-    healthy = since_contact < 20.0
+    stalls = progress.longest_stalls(stall_seconds)
     details: dict[str, Any] = {
         "assigned_partitions": len(app.consumer.assignment()) if app.consumer else 0,
         "seconds_since_broker_contact": round(since_contact, 1),
         "rebalancing": bool(app.rebalancing),
+        "in_recovery": bool(app.in_recovery),
     }
-    if not healthy:
-        details["reasons"] = [
+    reasons = []
+    if since_contact >= 20.0:
+        reasons.append(
             f"no answer from the Kafka broker for {since_contact:.0f} s"
             if progress.last_broker_contact
             else "the Kafka broker has not answered since the worker started"
-        ]
-    return healthy, details
+        )
+    if stalls:
+        details["stalled_partitions"] = stalls
+        reasons.append(
+            f"{len(stalls)} partition(s) with records to read have not moved for "
+            f"{stall_seconds:.0f} s or more (RISKSTREAM_STALL_SECONDS); restart the worker"
+        )
+    if reasons:
+        details["reasons"] = reasons
+    return not reasons, details
 
 
 def _version() -> str:

@@ -41,6 +41,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "riskstream_consumer_lag": ("gauge", {"topic", "partition"}),
     "riskstream_held_transactions": ("gauge", set()),
     "riskstream_worker_healthy": ("gauge", set()),
+    "riskstream_stalled_partitions": ("gauge", set()),
     "riskstream_worker_info": ("gauge", {"worker_id", "version"}),
 }
 

@@ -1,0 +1,136 @@
+"""A stalled worker is not healthy: /healthz answers 503 naming the partitions that stopped.
+
+Unit tests fix the rule (a partition with records to read that has not moved for
+RISKSTREAM_STALL_SECONDS; moving again clears it); the broker test stalls a real worker on the
+broker behaviour of riskstream.fetch_wait (fetch wait held at 1 ms on a partition of many
+batches) and reads its /healthz and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from stream_support import StreamEnv, WorkerProcess, metric_value
+
+from riskstream.app import Progress
+from riskstream.demo import BUNDLED_MODELS
+from riskstream.kafka import ensure_topics
+from riskstream.worker import app_health
+
+KEY = ("transactions", 0)
+
+
+def test_a_partition_with_lag_that_does_not_move_counts_as_stalled() -> None:
+    progress = Progress()
+    progress.offsets[KEY] = 41
+    assert progress.stalled(KEY, lag=500, now=100.0) == 0.0
+    assert progress.stalled(KEY, lag=500, now=160.0) == 60.0
+    assert progress.longest_stalls(60.0) == [
+        {"topic": "transactions", "partition": 0, "lag": 500, "seconds": 60}
+    ]
+    assert progress.longest_stalls(61.0) == []
+
+
+def test_moving_again_or_catching_up_clears_the_stall() -> None:
+    progress = Progress()
+    progress.offsets[KEY] = 41
+    progress.stalled(KEY, lag=500, now=100.0)
+    progress.stalled(KEY, lag=500, now=300.0)
+    progress.offsets[KEY] = 42  # one more record handed on
+    assert progress.stalled(KEY, lag=499, now=301.0) == 0.0
+    assert progress.longest_stalls(0.0) == []
+    progress.stalled(KEY, lag=499, now=400.0)
+    assert progress.stalled(KEY, lag=0, now=500.0) == 0.0  # nothing left to read: not stalled
+    assert progress.longest_stalls(0.0) == []
+
+
+def test_recovery_progress_is_judged_by_the_offset_reached() -> None:
+    progress = Progress()
+    changelog = ("app-customers-changelog", 2)
+    progress.stalled(changelog, lag=90_000, now=0.0, done=10_000)
+    assert progress.stalled(changelog, lag=80_000, now=200.0, done=20_000) == 0.0
+    assert progress.stalled(changelog, lag=80_000, now=400.0, done=20_000) == 200.0
+
+
+def _app(progress: Progress) -> SimpleNamespace:
+    consumer = SimpleNamespace(assignment=lambda: {KEY})
+    return SimpleNamespace(
+        riskstream_progress=progress, consumer=consumer, rebalancing=False, in_recovery=False
+    )
+
+
+def test_healthz_is_503_with_the_stalled_partitions_and_what_to_do() -> None:
+    progress = Progress(last_broker_contact=time.monotonic())
+    progress.offsets[KEY] = 41
+    progress.stalled(KEY, lag=500, now=0.0)
+    progress.stalled(KEY, lag=500, now=130.0)
+    healthy, details = app_health(_app(progress), stall_seconds=120.0)
+    assert not healthy
+    assert details["stalled_partitions"] == [
+        {"topic": "transactions", "partition": 0, "lag": 500, "seconds": 130}
+    ]
+    assert "RISKSTREAM_STALL_SECONDS" in details["reasons"][0]
+    assert "restart the worker" in details["reasons"][0]
+    healthy, details = app_health(_app(progress), stall_seconds=300.0)
+    assert healthy and "reasons" not in details
+
+
+async def _fill_with_small_batches(bootstrap: str, topic: str, count: int) -> None:
+    """One partition of `count` one-record batches of valid transactions."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=16)
+    await producer.start()
+    try:
+        deliveries = []
+        for i in range(count):
+            value = (
+                f'{{"transaction_id": "t{i}", "timestamp": "2026-01-01T00:00:{i % 60:02d}Z", '
+                f'"customer_id": "c{i % 97}", "terminal_id": "x{i % 89}", "amount": 12.5}}'
+            ).encode()
+            deliveries.append(await producer.send(topic, value, key=b"k", partition=0))
+        await asyncio.gather(*deliveries)
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.broker
+def test_a_worker_that_stops_getting_records_reports_unhealthy(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    env = StreamEnv(
+        kafka_bootstrap,
+        BUNDLED_MODELS,
+        tmp_path,
+        partitions=1,
+        extra={
+            # The embedded broker cannot find a position among 10,000 batches in 1 ms, and the
+            # adaptive wait may not go past it: the partition stops for good (fetch_wait notes).
+            "RISKSTREAM_FETCH_MAX_WAIT_MS": "1",
+            "RISKSTREAM_FETCH_WAIT_CEILING_MS": "1",
+            "RISKSTREAM_STALL_SECONDS": "5",
+        },
+    )
+    settings = env.settings()
+    asyncio.run(ensure_topics(settings.kafka, {settings.topics.transactions: 1}))
+    asyncio.run(_fill_with_small_batches(kafka_bootstrap, settings.topics.transactions, 10_000))
+    worker = WorkerProcess(env).start()
+    try:
+        deadline = time.monotonic() + 120
+        status, body = worker.health()
+        while time.monotonic() < deadline and not body.get("stalled_partitions"):
+            worker.assert_running()
+            time.sleep(1)
+            status, body = worker.health()
+        assert status == 503, worker.evidence()
+        stalled = body["stalled_partitions"]
+        assert {s["topic"] for s in stalled} >= {settings.topics.transactions}, body
+        assert all(s["lag"] > 0 and s["seconds"] >= 5 for s in stalled), body
+        assert metric_value(worker.metrics(), "riskstream_stalled_partitions") >= 1
+        assert metric_value(worker.metrics(), "riskstream_worker_healthy") == 0
+        assert "has not moved" in worker.log()
+    finally:
+        worker.stop()
