@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -60,6 +62,9 @@ class StreamEnv:
             "RISKSTREAM_REBALANCE_TIMEOUT_S": "1",
             "RISKSTREAM_HEARTBEAT_INTERVAL_S": "0.5",
             "RISKSTREAM_LOG_LEVEL": "info",
+            # A partition that stands still this long makes /healthz 503, and the tests fail
+            # at once with the worker's own account (see WorkerProcess.assert_not_stalled).
+            "RISKSTREAM_STALL_SECONDS": "120",
             **self.extra,
         }
 
@@ -120,6 +125,42 @@ class WorkerProcess:
             code = None if self.process is None else self.process.returncode
             raise AssertionError(f"{self.name} is not running (exit {code}):\n{self.log()[-5000:]}")
 
+    def health(self) -> tuple[int, dict]:
+        """/healthz: (status code, body); (0, {}) when it does not answer."""
+        url = f"http://127.0.0.1:{self.metrics_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+        except (OSError, ValueError):
+            return 0, {}
+
+    def assert_not_stalled(self) -> None:
+        """Running, and not reporting partitions that stopped moving (RISKSTREAM_STALL_SECONDS)."""
+        self.assert_running()
+        status, body = self.health()
+        if status == 503 and body.get("stalled_partitions"):
+            raise AssertionError(f"{self.name} stalled:\n{self.evidence()}")
+
+    def evidence(self) -> str:
+        """What the worker says about its progress: /healthz, stall warnings, recovery."""
+        lines = self.log().splitlines()
+        stalls = [line for line in lines if "has not moved" in line][-8:]
+        recovery = _last_recovery_report(lines)
+        status, body = self.health()
+        return "\n".join(
+            [
+                f"--- {self.name} /healthz {status}: {json.dumps(body)[:2000]}",
+                f"--- {self.name} last stall warnings:",
+                *stalls,
+                f"--- {self.name} last recovery report:",
+                *recovery,
+                f"--- {self.name} log tail:",
+                *lines[-15:],
+            ]
+        )
+
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             return response.read().decode()
@@ -138,6 +179,28 @@ class WorkerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def _last_recovery_report(lines: list[str]) -> list[str]:
+    """Faust's last "still fetching changelog topics" line and the table that follows it."""
+    starts = [i for i, line in enumerate(lines) if "fetching changelog" in line.lower()]
+    if not starts:
+        return ["(none)"]
+    return lines[starts[-1] : starts[-1] + 25]
+
+
+def watching(*workers: WorkerProcess) -> Callable[[], None]:
+    """An on-idle check for `collect`: every worker runs and none reports a stall."""
+
+    def check() -> None:
+        for worker in workers:
+            worker.assert_not_stalled()
+
+    return check
+
+
+def evidence_of(*workers: WorkerProcess) -> Callable[[], str]:
+    return lambda: "\n".join(worker.evidence() for worker in workers)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -159,6 +222,8 @@ async def _collect(
     timeout: float,
     key_of: Callable[[bytes, bytes | None], str],
     on_idle: Callable[[], None] | None = None,
+    stall_after: float | None = None,
+    evidence: Callable[[], str] | None = None,
 ) -> dict[str, list[bytes]]:
     consumer = AIOKafkaConsumer(
         topic,
@@ -172,10 +237,18 @@ async def _collect(
     seen: dict[str, list[bytes]] = {}
     try:
         deadline = time.monotonic() + timeout
+        last_new = time.monotonic()
         while time.monotonic() < deadline and not done(seen):
             batches = await consumer.getmany(timeout_ms=500, max_records=20000)
-            if not batches and on_idle is not None:
+            if batches:
+                last_new = time.monotonic()
+            elif on_idle is not None:
                 on_idle()
+            if stall_after is not None and time.monotonic() - last_new > stall_after:
+                raise AssertionError(
+                    f"no new record on {topic} for {stall_after:.0f} s ({len(seen)} keys so "
+                    f"far):\n{evidence() if evidence else ''}"
+                )
             for messages in batches.values():
                 for message in messages:
                     seen.setdefault(key_of(message.value, message.key), []).append(message.value)
@@ -191,9 +264,15 @@ def collect(
     timeout: float,
     key_of: Callable[[bytes, bytes | None], str],
     on_idle: Callable[[], None] | None = None,
+    stall_after: float | None = None,
+    evidence: Callable[[], str] | None = None,
 ) -> dict[str, list[bytes]]:
-    """Read `topic` from the start until `done(records by key)` or the timeout."""
-    return asyncio.run(_collect(settings, topic, done, timeout, key_of, on_idle))
+    """Read `topic` from the start until `done(records by key)` or the timeout; with
+    `stall_after`, fail as soon as that many seconds pass without a new record, with
+    `evidence()` in the message."""
+    return asyncio.run(
+        _collect(settings, topic, done, timeout, key_of, on_idle, stall_after, evidence)
+    )
 
 
 @contextlib.contextmanager

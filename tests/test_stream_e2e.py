@@ -21,7 +21,14 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from stream_support import StreamEnv, WorkerProcess, collect, metric_value
+from stream_support import (
+    StreamEnv,
+    WorkerProcess,
+    collect,
+    evidence_of,
+    metric_value,
+    watching,
+)
 
 from riskstream import contracts
 from riskstream.demo import BUNDLED_MODELS
@@ -33,6 +40,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.e2e, pytest.mark.slow]
 
 REPLAY_FROM, TEST_FROM, TEST_TO = date(2018, 7, 1), date(2018, 8, 8), date(2018, 8, 14)
 TOLERANCE = 1e-5
+STALL_AFTER = 180.0  # seconds without a new score record: the replay has stalled
 
 
 def offline_scores(model_dir: Path, data: Path, tmp_path: Path, *extra: str) -> dict[str, float]:
@@ -201,9 +209,10 @@ def handbook_run(kafka_bootstrap: str, handbook_csv: Path, tmp_path_factory) -> 
         joined: list[float] = []
         _start_when_a_third_is_scored(first, second, sent, joined)
 
-        def all_running() -> None:
-            for worker in (alone, first):
-                worker.assert_running()
+        # A stall fails at once, with the workers' own account of it: /healthz turns 503
+        # after RISKSTREAM_STALL_SECONDS, and no new score for STALL_AFTER ends the wait.
+        def all_progressing() -> None:  # the second worker counts once it was started
+            watching(alone, first, *([second] if joined else []))()
 
         single_scores = collect(
             single.settings(),
@@ -211,7 +220,9 @@ def handbook_run(kafka_bootstrap: str, handbook_csv: Path, tmp_path_factory) -> 
             lambda seen: len(seen) >= sent,
             1400,
             event_id_of,
-            all_running,
+            all_progressing,
+            STALL_AFTER,
+            evidence_of(alone, first, second),
         )
         pair_scores = collect(
             pair.settings(),
@@ -219,7 +230,9 @@ def handbook_run(kafka_bootstrap: str, handbook_csv: Path, tmp_path_factory) -> 
             lambda seen: len(seen) >= sent,
             600,
             event_id_of,
-            all_running,
+            watching(first, second),
+            STALL_AFTER,
+            evidence_of(first, second),
         )
         second.assert_running()
         return HandbookRun(
