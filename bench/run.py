@@ -1,4 +1,5 @@
-"""riskstream benchmark: ceiling vs worker throughput, latency, state memory, and a profile.
+"""riskstream benchmark: ceiling vs worker throughput, latency, state memory, table recovery
+speed, and a profile.
 
     .venv/bin/python bench/run.py            # full run, about 6-10 minutes
     .venv/bin/python bench/run.py --quick    # smoke run, under a minute
@@ -135,6 +136,11 @@ def run(plan: Plan, console: Console) -> dict:
             load.mark(f"{workers} worker{'s' if workers > 1 else ''}")
         results["latency"] = _latency(plan, console, broker.bootstrap_servers, dataset)
         load.mark("latency")
+    with EmbeddedBroker(port=free_port()) as broker, console.status("table recovery…"):
+        from recovery import measure_recovery  # a broker of its own: no other topic's batches
+
+        results["recovery"] = measure_recovery(broker.bootstrap_servers, plan.customers, plan.out)
+        load.mark("recovery")
     results["load"] = load.summary()
     return results
 
