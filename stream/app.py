@@ -84,6 +84,12 @@ class Progress:
         self.stalls[key] = (lag, seconds)
         return seconds
 
+    def restart_stall_clocks(self, topics: Any) -> None:
+        """Forget how long partitions of `topics` stood still (they are not being read)."""
+        for key in [key for key in self.stuck_since if key[0] in topics]:
+            self.stuck_since.pop(key, None)
+            self.stalls.pop(key, None)
+
     def longest_stalls(self, at_least: float) -> list[dict[str, Any]]:
         """The partitions stalled for `at_least` seconds, longest first, for /healthz."""
         found = [
@@ -151,6 +157,53 @@ def _note_lost_report(future: Any) -> None:
             "a watermark report was not delivered (%r); the next one replaces it",
             future.exception(),
         )
+
+
+async def report_progress(app: faust.App, settings: Settings, metrics: Any) -> None:
+    """Every few seconds: lag per source partition, stalls, broker contact, health metrics.
+
+    Run by the worker's own supervision timer (riskstream.worker), not by a Faust timer: Faust
+    starts its timers only once the first table recovery is over, and a recovery that stalls
+    must be seen too. While tables recover, the source partitions wait paused by design, so
+    the changelog partitions' progress is judged instead.
+    """
+    progress: Progress = app.riskstream_progress
+    consumer = app.consumer
+    if consumer is None:
+        return
+    recovering = bool(app.in_recovery)
+    watched = app.tables.changelog_topics if recovering else progress.sources
+    assignment = [tp for tp in consumer.assignment() if tp.topic in watched]
+    try:  # bounded: a broker that hangs (frozen, partitioned) must show up in the log too
+        high = (
+            await asyncio.wait_for(consumer.highwaters(*assignment), BROKER_TIMEOUT_S)
+            if assignment
+            else {}
+        )
+    except Exception as exc:
+        log.warning("cannot reach the broker for high water marks: %s: %s", type(exc).__name__, exc)
+        metrics.set_healthy(False)
+        return
+    now = progress.last_broker_contact = time.monotonic()
+    stall_after = settings.worker.stall_seconds
+    # Only what is read now can stall: sources during recovery wait, changelogs after it rest.
+    progress.restart_stall_clocks(progress.sources if recovering else app.tables.changelog_topics)
+    if recovering:
+        for key, lag, done in _recovery_positions(app):
+            _check_stall(app, progress, key, lag, now, stall_after, done)
+    else:
+        for tp, listed in high.items():
+            # The embedded broker lists a batch's base offset + 1 as the end; fetch responses
+            # (what the consumer saw last) carry the true high-water mark.
+            highwater = max(listed, _fetched_highwater(app, tp))
+            committed = consumer._committed_offset.get(tp)  # Faust has no accessor
+            done = max(progress.offsets.get((tp.topic, tp.partition), -1), (committed or 0) - 1)
+            lag = max(0, highwater - done - 1)
+            metrics.set_lag(tp.topic, tp.partition, lag)
+            _check_stall(app, progress, (tp.topic, tp.partition), lag, now, stall_after)
+    stalls = progress.longest_stalls(stall_after)
+    metrics.set_stalled(len(stalls))
+    metrics.set_healthy(not stalls)
 
 
 def _check_stall(
@@ -360,43 +413,6 @@ def build_app(
         for batcher in batchers:
             await batcher.flush_if_due()
 
-    @app.timer(interval=5.0)
-    async def report_lag() -> None:
-        # Source partitions only: changelogs are Faust's bookkeeping, not work behind.
-        assignment = [tp for tp in app.consumer.assignment() if tp.topic in progress.sources]
-        try:  # bounded: a broker that hangs (frozen, partitioned) must show up in the log too
-            high = (
-                await asyncio.wait_for(app.consumer.highwaters(*assignment), BROKER_TIMEOUT_S)
-                if assignment
-                else {}
-            )
-        except Exception as exc:
-            log.warning(
-                "cannot reach the broker for high water marks: %s: %s", type(exc).__name__, exc
-            )
-            metrics.set_healthy(False)
-            return
-        progress.last_broker_contact = time.monotonic()
-        now = time.monotonic()
-        if app.in_recovery:  # sources wait, paused, for the tables: judge recovery instead
-            progress.forget([(tp.topic, tp.partition) for tp in high])
-            high = {}
-            for key, lag, done in _recovery_positions(app):
-                _check_stall(app, progress, key, lag, now, settings.worker.stall_seconds, done)
-        for tp, listed in high.items():
-            # The embedded broker lists a batch's base offset + 1 as the end; fetch responses
-            # (what the consumer saw last) carry the true high-water mark.
-            highwater = max(listed, _fetched_highwater(app, tp))
-            committed = app.consumer._committed_offset.get(tp)  # Faust has no accessor
-            done = max(progress.offsets.get((tp.topic, tp.partition), -1), (committed or 0) - 1)
-            lag = max(0, highwater - done - 1)
-            metrics.set_lag(tp.topic, tp.partition, lag)
-            stall_after = settings.worker.stall_seconds
-            _check_stall(app, progress, (tp.topic, tp.partition), lag, now, stall_after)
-        stalls = progress.longest_stalls(settings.worker.stall_seconds)
-        metrics.set_stalled(len(stalls))
-        metrics.set_healthy(not stalls)
-
     topic_watch = TopicWatch(settings)
 
     @app.timer(interval=TOPIC_CHECK_SECONDS)
@@ -411,7 +427,7 @@ def build_app(
             topics.dlq,
         }
         missing = await topic_watch.missing(wanted)
-        if missing is None:  # the broker does not answer: report_lag marks the worker unhealthy
+        if missing is None:  # the broker does not answer: report_progress marks it unhealthy
             return
         progress.topic_misses = progress.topic_misses + 1 if missing else 0
         if progress.topic_misses >= TOPIC_MISSES_BEFORE_EXIT:

@@ -25,6 +25,7 @@ log = logging.getLogger("riskstream.worker")
 
 EXIT_METRICS_PORT = 2
 EXIT_BAD_MODEL = 3
+PROGRESS_REPORT_SECONDS = 5.0
 
 
 def load_models(settings: Settings) -> dict[str, Any]:
@@ -105,7 +106,7 @@ def run_worker(settings: Settings) -> None:
     import faust
     from mode import Service
 
-    from riskstream.app import build_app, internal_topics, worker_id
+    from riskstream.app import build_app, internal_topics, report_progress, worker_id
     from riskstream.metrics import MetricsServer, MetricsServerError, WorkerMetrics
     from riskstream.scoring import ModelError
 
@@ -156,13 +157,20 @@ def run_worker(settings: Settings) -> None:
     internal = internal_topics(health.app)
     loop.run_until_complete(wait_for_topics(settings, internal, written_only_by_us=internal))
 
-    class MetricsService(Service):
+    class Supervision(Service):
+        """Progress, stalls and health every few seconds, from the worker's start on (Faust's
+        own timers wait for the first table recovery); stops the metrics server last."""
+
+        @Service.timer(PROGRESS_REPORT_SECONDS)
+        async def _report_progress(self) -> None:
+            await report_progress(health.app, settings, metrics)
+
         async def on_stop(self) -> None:
             await server.stop()
 
     worker = faust.Worker(
         health.app,
-        MetricsService(),
+        Supervision(),
         loglevel=settings.worker.log_level,
         quiet=True,
         override_logging=False,

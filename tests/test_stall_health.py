@@ -15,14 +15,16 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from faust.types import TP
 from stream_support import StreamEnv, WorkerProcess, metric_value
 
-from riskstream.app import Progress
+from riskstream.app import Progress, report_progress
 from riskstream.demo import BUNDLED_MODELS
 from riskstream.kafka import ensure_topics
 from riskstream.worker import app_health
 
 KEY = ("transactions", 0)
+BATCHES = 10_000
 
 
 def test_a_partition_with_lag_that_does_not_move_counts_as_stalled() -> None:
@@ -80,6 +82,64 @@ def test_healthz_is_503_with_the_stalled_partitions_and_what_to_do() -> None:
     assert healthy and "reasons" not in details
 
 
+class _Recorder:
+    """Stands in for WorkerMetrics: keeps the last value each setter got."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+
+    def __getattr__(self, name: str):
+        return lambda *args: self.values.__setitem__(name, args)
+
+
+def _recovering_app(progress: Progress, remaining: int, reached: int) -> SimpleNamespace:
+    changelog = TP("app-customers-changelog", 2)
+    source = TP("transactions", 2)
+
+    async def highwaters(*tps):
+        return {tp: 1_000 for tp in tps}
+
+    consumer = SimpleNamespace(
+        assignment=lambda: {changelog, source},
+        highwaters=highwaters,
+        flow_active=True,
+        _active_partitions=set(),
+        _paused_partitions={source},
+        _buffered_partitions=set(),
+    )
+    recovery = SimpleNamespace(
+        active_remaining=lambda: {changelog: remaining}, active_offsets={changelog: reached}
+    )
+    return SimpleNamespace(
+        riskstream_progress=progress,
+        consumer=consumer,
+        in_recovery=True,
+        rebalancing=True,
+        tables=SimpleNamespace(changelog_topics={changelog.topic}, recovery=recovery),
+    )
+
+
+def test_a_recovery_that_stops_reading_its_changelog_is_a_stall_and_waiting_sources_are_not() -> (
+    None
+):
+    progress = Progress(sources={"transactions"})
+    now = time.monotonic()
+    progress.stuck_since[("transactions", 2)] = (10, now - 500.0)  # paused for the recovery
+    progress.stuck_since[("app-customers-changelog", 2)] = (40_000, now - 200.0)
+    metrics = _Recorder()
+    settings = SimpleNamespace(worker=SimpleNamespace(stall_seconds=120.0))
+    app = _recovering_app(progress, remaining=60_000, reached=40_000)
+    asyncio.run(report_progress(app, settings, metrics))
+    assert [s["topic"] for s in progress.longest_stalls(120.0)] == ["app-customers-changelog"]
+    assert metrics.values["set_stalled"] == (1,)
+    assert metrics.values["set_healthy"] == (False,)
+
+    app = _recovering_app(progress, remaining=59_000, reached=41_000)  # it moved on
+    asyncio.run(report_progress(app, settings, metrics))
+    assert progress.longest_stalls(0.0) == []
+    assert metrics.values["set_healthy"] == (True,)
+
+
 async def _fill_with_small_batches(bootstrap: str, topic: str, count: int) -> None:
     """One partition of `count` one-record batches of valid transactions."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=16)
@@ -87,36 +147,66 @@ async def _fill_with_small_batches(bootstrap: str, topic: str, count: int) -> No
     try:
         deliveries = []
         for i in range(count):
+            customer = f"c{i % 97}"
             value = (
-                f'{{"transaction_id": "t{i}", "timestamp": "2026-01-01T00:00:{i % 60:02d}Z", '
-                f'"customer_id": "c{i % 97}", "terminal_id": "x{i % 89}", "amount": 12.5}}'
+                f'{{"transaction_id": "t{i}", "timestamp": "2026-01-01T{i // 3600 % 24:02d}:'
+                f'{i // 60 % 60:02d}:{i % 60:02d}Z", "customer_id": "{customer}", '
+                f'"terminal_id": "x{i % 89}", "amount": 12.5}}'
             ).encode()
-            deliveries.append(await producer.send(topic, value, key=b"k", partition=0))
+            key = customer.encode()
+            deliveries.append(await producer.send(topic, value, key=key, partition=0))
         await asyncio.gather(*deliveries)
     finally:
         await producer.stop()
+
+
+def _many_batches_env(kafka_bootstrap: str, tmp_path: Path, **extra: str) -> StreamEnv:
+    """One transactions partition that the test fills with BATCHES one-record batches."""
+    env = StreamEnv(kafka_bootstrap, BUNDLED_MODELS, tmp_path, partitions=1, extra=extra)
+    settings = env.settings()
+    asyncio.run(ensure_topics(settings.kafka, {settings.topics.transactions: 1}))
+    asyncio.run(_fill_with_small_batches(kafka_bootstrap, settings.topics.transactions, BATCHES))
+    return env
+
+
+@pytest.mark.broker
+def test_a_worker_reads_every_record_of_a_partition_of_many_batches(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The fix (riskstream.fetch_wait) at work in a real worker: with a 1 ms fetch wait the
+    broker cannot find positions among 10,000 batches, the wait grows, every event is read."""
+    env = _many_batches_env(kafka_bootstrap, tmp_path, RISKSTREAM_FETCH_MAX_WAIT_MS="1")
+    worker = WorkerProcess(env).start()
+    try:
+        topic = env.settings().topics.transactions
+        deadline = time.monotonic() + 300
+        forwarded = 0.0
+        while time.monotonic() < deadline and forwarded < BATCHES:
+            worker.assert_not_stalled()
+            time.sleep(1)
+            forwarded = metric_value(
+                worker.metrics(), "riskstream_events_total", topic=topic, outcome="forwarded"
+            )
+        assert forwarded == BATCHES, worker.evidence()
+        assert "fetches now wait up to" in worker.log()
+    finally:
+        worker.stop()
 
 
 @pytest.mark.broker
 def test_a_worker_that_stops_getting_records_reports_unhealthy(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    env = StreamEnv(
+    # The embedded broker cannot find a position among 10,000 batches in 1 ms, and the wait
+    # may not grow past it here: the partition stops for good (riskstream.fetch_wait notes).
+    env = _many_batches_env(
         kafka_bootstrap,
-        BUNDLED_MODELS,
         tmp_path,
-        partitions=1,
-        extra={
-            # The embedded broker cannot find a position among 10,000 batches in 1 ms, and the
-            # adaptive wait may not go past it: the partition stops for good (fetch_wait notes).
-            "RISKSTREAM_FETCH_MAX_WAIT_MS": "1",
-            "RISKSTREAM_FETCH_WAIT_CEILING_MS": "1",
-            "RISKSTREAM_STALL_SECONDS": "5",
-        },
+        RISKSTREAM_FETCH_MAX_WAIT_MS="1",
+        RISKSTREAM_FETCH_WAIT_CEILING_MS="1",
+        RISKSTREAM_STALL_SECONDS="5",
     )
     settings = env.settings()
-    asyncio.run(ensure_topics(settings.kafka, {settings.topics.transactions: 1}))
-    asyncio.run(_fill_with_small_batches(kafka_bootstrap, settings.topics.transactions, 10_000))
     worker = WorkerProcess(env).start()
     try:
         deadline = time.monotonic() + 120
