@@ -173,7 +173,10 @@ async def report_progress(app: faust.App, settings: Settings, metrics: Any) -> N
         return
     recovering = bool(app.in_recovery)
     watched = app.tables.changelog_topics if recovering else progress.sources
-    assignment = [tp for tp in consumer.assignment() if tp.topic in watched]
+    try:
+        assignment = [tp for tp in consumer.assignment() if tp.topic in watched]
+    except Exception:  # the consumer has not started yet: nothing to judge
+        return
     try:  # bounded: a broker that hangs (frozen, partitioned) must show up in the log too
         high = (
             await asyncio.wait_for(consumer.highwaters(*assignment), BROKER_TIMEOUT_S)

@@ -163,7 +163,10 @@ def run_worker(settings: Settings) -> None:
 
         @Service.timer(PROGRESS_REPORT_SECONDS)
         async def _report_progress(self) -> None:
-            await report_progress(health.app, settings, metrics)
+            try:
+                await report_progress(health.app, settings, metrics)
+            except Exception:  # supervision must never stop the worker it watches
+                log.exception("progress report failed; the next one follows shortly")
 
         async def on_stop(self) -> None:
             await server.stop()

@@ -224,3 +224,17 @@ def test_a_worker_that_stops_getting_records_reports_unhealthy(
         assert "has not moved" in worker.log()
     finally:
         worker.stop()
+
+
+def test_a_consumer_not_started_yet_is_not_judged() -> None:
+    def not_started() -> set:
+        raise RuntimeError("consumer not started")
+
+    progress = Progress(sources={"transactions"})
+    app = _recovering_app(progress, remaining=1, reached=0)
+    app.consumer.assignment = not_started
+    metrics = _Recorder()
+    settings = SimpleNamespace(worker=SimpleNamespace(stall_seconds=120.0))
+    asyncio.run(report_progress(app, settings, metrics))
+    assert metrics.values == {}
+    assert progress.last_broker_contact == 0.0
