@@ -58,9 +58,11 @@ def test_demo_shows_alerts_within_a_minute_and_ctrl_c_stops_everything(tmp_path)
     finally:
         if demo.poll() is None:
             demo.kill()
+        survivors = [pid for pid in children if _alive(pid)]
+        for pid in survivors:  # asserted below, and never left running for the rest of the suite
+            os.kill(pid, signal.SIGKILL)
     assert demo.returncode == 0, output[-3000:]
     alerts = [int(n.replace(",", "")) for n in re.findall(r"([\d,]+) alerts", output)]
     assert alerts and max(alerts) > 0, output[-3000:]
     assert "demo stopped" in output
-    survivors = [pid for pid in children if _alive(pid)]
     assert not survivors, f"processes left behind: {survivors}"
