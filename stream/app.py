@@ -8,8 +8,12 @@ Topology (see riskstream.pipeline for the per-event work):
                           micro-batches ─► onnxruntime ─► risk.scores, risk.alerts ◄──────────┘
     any bad message ──► risk.dlq (with a stable error code and its original bytes)
 
-Every table write happens while Faust iterates the event that caused it, so the changelog
-partition is the event's partition and a restarted or rebalanced worker recovers the state.
+Each source topic is consumed a partition batch at a time (riskstream.batch_hook): a handler
+runs the per-event steps over the batch, writes state through riskstream.table_writes (one
+changelog record per changed key, in the changelog partition of the input partition, so a
+restarted or rebalanced worker recovers the state), scores what is ready in one inference call
+(riskstream.batching) and sends every output through one outbox (riskstream.outbox); the
+batch's offsets are acknowledged once the broker acknowledged all of it.
 
 A broker that comes back without the worker's topics (a memory-only broker restarted, topics
 deleted) has lost the changelogs and committed offsets the worker relies on, and some brokers
@@ -28,18 +32,21 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from faust.types import EventT, StreamT
+from faust.types import StreamT
 
 from riskstream import contracts, pipeline
-from riskstream.batching import MicroBatcher
+from riskstream.batch_hook import BatchHandler, ack_when_delivered
+from riskstream.batching import BatchScorer
 from riskstream.config import Settings
-from riskstream.faust_app import ChangelogSend, faust_app
+from riskstream.faust_app import RiskstreamApp, faust_app
 from riskstream.features import fraud as fraud_features
+from riskstream.outbox import Outbox, Publisher
+from riskstream.table_writes import TableWrites
 from riskstream.watermarks import CAUGHT_UP, HoldQueue, SourceClocks
 
 log = logging.getLogger("riskstream.worker")
@@ -105,41 +112,19 @@ class Progress:
             self.stuck_since.pop(key, None)
             self.stalls.pop(key, None)
 
-    def saw(self, event: EventT) -> None:
-        message = event.message
-        key = (message.topic, message.partition)
-        self.offsets[key] = max(message.offset, self.offsets.get(key, -1))
+    def saw(self, topic: str, partition: int, offset: int) -> None:
+        key = (topic, partition)
+        self.offsets[key] = max(offset, self.offsets.get(key, -1))
 
 
-async def send_raw(
-    app: faust.App, topic: str, key: bytes | None, value: bytes, partition: int | None = None
-) -> Awaitable[Any]:
-    """Produce through Faust's own transport producer, skipping its per-message channel layers.
-
-    Faust flushes this producer before every offset commit, so whatever an agent sent before
-    acknowledging its input is delivered before that input's offset is committed — or failed:
-    a failed delivery (after the client's own retries) stops the worker at once, before any
-    commit can pass the event it came from, and a restart reads those events again.
-    """
-    delivery = await app.producer.send(topic, key, value, partition, None, None)
-    delivery.add_done_callback(lambda future: _check_delivery(app, topic, future))
-    return delivery
-
-
-def changelog_sender(app: faust.App) -> ChangelogSend:
-    """How riskstream's tables send their changelog records (RiskstreamTable)."""
-
-    async def send(topic: str, key: Any, value: Any, partition: int | None) -> Awaitable[Any]:
-        return await send_raw(app, topic, key, value, partition)
-
-    return send
-
-
-def _check_delivery(app: faust.App, topic: str, future: Any) -> None:
+def check_delivery(topic: str, future: Any) -> None:
+    """Stop the worker at once when records could not be published (after the client's own
+    retries), before any commit can pass the events they came from: a restart reads those
+    events again. Faust flushes the producer before every commit."""
     if future.cancelled() or future.exception() is None:
         return
     log.critical(
-        "a record for %s could not be published (%r); exiting with code %d without "
+        "records for %s could not be published (%r); exiting with code %d without "
         "committing: a restart reads the events since the last commit again",
         topic,
         future.exception(),
@@ -339,6 +324,75 @@ def exit_topics_lost(settings: Settings, missing: set[str]) -> None:
     os._exit(EXIT_TOPICS_LOST)  # a graceful stop would retry commits to the lost topics
 
 
+@dataclasses.dataclass
+class Stages:
+    """What every batch handler shares (riskstream.batch_hook), passed to the stage wiring
+    instead of hung on the Faust app."""
+
+    app: RiskstreamApp
+    settings: Settings
+    metrics: Any
+    progress: Progress
+    _publisher: Publisher | None = None
+
+    def outbox(self) -> Outbox:
+        if self._publisher is None:  # the producer exists once the app started
+            self._publisher = Publisher(self.app.producer._ensure_producer(), check_delivery)
+        return Outbox(self._publisher)
+
+    def run_step(
+        self, outbox: Outbox, record: Any, step: Callable[..., Any], *args: Any
+    ) -> tuple[bool, Any]:
+        """Run one event's step; bad input, or a bug, sends the event to the DLQ instead."""
+        try:
+            return True, step(*args)
+        except contracts.ContractError as error:
+            self.dead_letter(outbox, record, error)
+        except Exception as exc:  # the worker must survive anything one message can cause
+            log.exception(
+                "unexpected error on %s:%s@%s", record.topic, record.partition, record.offset
+            )
+            error = contracts.ContractError("internal_error", f"{type(exc).__name__}: {exc}")
+            self.dead_letter(outbox, record, error)
+        return False, None
+
+    def dead_letter(self, outbox: Outbox, record: Any, error: contracts.ContractError) -> None:
+        letter = contracts.dead_letter(
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            error=error,
+            payload=record.value,
+            received_at=datetime.now(UTC),
+        )
+        outbox.add(self.settings.topics.dlq, record.key, contracts.encode(letter))
+        self.metrics.count_events(record.topic, "dead_letter")
+        self.metrics.dead_letter(record.topic, error.code)
+
+    async def publish(
+        self,
+        tp: Any,
+        offsets: list[int],
+        outbox: Outbox,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """Send the batch's records; its offsets are acknowledged once they are delivered."""
+        deliveries = await outbox.send()
+        ack_when_delivered(self.app.consumer, tp, offsets, deliveries, then)
+
+    def scorer(self, model: Any, source_topic: str) -> BatchScorer:
+        topics = self.settings.topics
+        return BatchScorer(
+            model,
+            self.metrics,
+            source_topic,
+            topics.scores,
+            topics.alerts,
+            max_rows=self.settings.worker.batch_size,
+        )
+
+
 def build_app(
     settings: Settings,
     models: dict[str, Any],
@@ -351,71 +405,27 @@ def build_app(
     app = faust_app(settings, fraud_partitions)
     progress = Progress()
     app.riskstream_progress = progress  # type: ignore[attr-defined]
-    batchers: list[MicroBatcher] = []
-    app.riskstream_batchers = batchers  # type: ignore[attr-defined]
-
-    def sink(topic_name: str) -> Callable[[bytes, bytes], Awaitable[Any]]:
-        async def send(key: bytes, value: bytes) -> Awaitable[Any]:
-            return await send_raw(app, topic_name, key, value)
-
-        return send
-
-    async def dead_letter(event: EventT, error: contracts.ContractError) -> None:
-        message = event.message
-        record = contracts.dead_letter(
-            source_topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=message.key,
-            error=error,
-            payload=message.value,
-            received_at=datetime.now(UTC),
-        )
-        await send_raw(app, topics.dlq, message.key, contracts.encode(record))
-        metrics.count_events(message.topic, "dead_letter")
-        metrics.dead_letter(message.topic, error.code)
-
-    async def guarded(event: EventT, step: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
-        """Run one event's step; bad input, or a bug, sends the event to the DLQ instead."""
-        progress.saw(event)
-        try:
-            return True, step(*args)
-        except contracts.ContractError as error:
-            await dead_letter(event, error)
-        except Exception as exc:  # the worker must survive anything one message can cause
-            message = event.message
-            log.exception(
-                "unexpected error on %s:%s@%s", message.topic, message.partition, message.offset
-            )
-            await dead_letter(
-                event, contracts.ContractError("internal_error", f"{type(exc).__name__}: {exc}")
-            )
-        return False, None
-
-    def make_batcher(model: Any, source_topic: str) -> MicroBatcher:
-        batcher = MicroBatcher(
-            model,
-            sink(topics.scores),
-            sink(topics.alerts),
-            metrics,
-            source_topic,
-            max_rows=settings.worker.batch_size,
-            max_wait=settings.worker.batch_wait_ms / 1000.0,
-        )
-        batchers.append(batcher)
-        return batcher
-
+    app.batch_handlers = {}
+    stages = Stages(app, settings, metrics, progress)
     if "fraud" in models:
-        _wire_fraud(app, settings, models["fraud"], metrics, partitions, guarded, make_batcher)
+        _wire_fraud(stages, models["fraud"], partitions)
     if "market" in models:
         market_partitions = partitions.get(topics.market, settings.worker.partitions)
-        _wire_market(app, settings, models["market"], market_partitions, guarded, make_batcher)
+        _wire_market(stages, models["market"], market_partitions)
+    _watch_topics(app, settings, progress)
 
-    @app.timer(interval=max(settings.worker.batch_wait_ms / 2000.0, 0.005))
-    async def flush_due_batches() -> None:
-        for batcher in batchers:
-            await batcher.flush_if_due()
+    @app.on_partitions_assigned.connect
+    async def forget_moved_partitions(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
+        progress.assigned = True
+        owned = {(tp.topic, tp.partition) for tp in assigned}
+        progress.forget([key for key in progress.offsets if key not in owned])
+        metrics.retain_partitions((tp.topic, tp.partition) for tp in assigned)
 
+    return app
+
+
+def _watch_topics(app: faust.App, settings: Settings, progress: Progress) -> None:
+    topics = settings.topics
     topic_watch = TopicWatch(settings)
 
     @app.timer(interval=TOPIC_CHECK_SECONDS)
@@ -438,32 +448,23 @@ def build_app(
         if missing:
             log.error("the broker does not list topics %s; checking again", sorted(missing))
 
-    @app.on_partitions_revoked.connect
-    async def flush_before_revoke(sender: faust.App, revoked: Any, **kwargs: Any) -> None:
-        """Score what is pending before the partitions move, so little is scored twice."""
-        for batcher in batchers:
-            await batcher.flush()
 
-    @app.on_partitions_assigned.connect
-    async def forget_moved_partitions(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
-        progress.assigned = True
-        owned = {(tp.topic, tp.partition) for tp in assigned}
-        progress.forget([key for key in progress.offsets if key not in owned])
-        metrics.retain_partitions((tp.topic, tp.partition) for tp in assigned)
+def _consume_in_batches(app: RiskstreamApp, topic: Any, name: str, handler: BatchHandler) -> None:
+    """Register `handler` for the topic's partition batches, and an agent that keeps the topic
+    subscribed (it receives nothing: riskstream.batch_hook hands the records to `handler`)."""
+    assert app.batch_handlers is not None
+    app.batch_handlers[topic.get_topic_name()] = handler
 
-    return app
+    async def subscribed(stream: StreamT) -> None:
+        async for _ in stream.events():
+            pass
+
+    app.agent(topic, name=name)(subscribed)
 
 
-def _wire_fraud(
-    app: faust.App,
-    settings: Settings,
-    model: Any,
-    metrics: Any,
-    partitions: dict[str, int],
-    guarded: Callable[..., Awaitable[tuple[bool, Any]]],
-    make_batcher: Callable[[Any, str], MicroBatcher],
-) -> None:
+def _wire_fraud(stages: Stages, model: Any, partitions: dict[str, int]) -> None:
     """Two stages joined by event-time watermarks (see riskstream.watermarks)."""
+    app, settings = stages.app, stages.settings
     topics = settings.topics
     n_transactions = partitions.get(topics.transactions, settings.worker.partitions)
     n_labels = partitions.get(topics.labels, settings.worker.partitions)
@@ -475,128 +476,208 @@ def _wire_fraud(
         internal=True,
         **RAW,
     )
-    by_terminal_name = by_terminal.get_topic_name()
+    hop = FraudHop(
+        stages,
+        by_terminal.get_topic_name(),
+        n_transactions,
+        sources=[(topics.transactions, p) for p in range(n_transactions)]
+        + [(topics.labels, p) for p in range(n_labels)],
+    )
     customers = app.Table("customers", partitions=n_transactions, **RAW_TABLE)
     terminals = app.Table("terminals", partitions=n_transactions, **RAW_TABLE)
-    batcher = make_batcher(model, topics.transactions)
-    changelog = changelog_sender(app)
     source_topics = {transactions.get_topic_name(), labels.get_topic_name()}
-    app.riskstream_progress.sources.update({*source_topics, by_terminal_name})  # type: ignore[attr-defined]
-    sources = [(topics.transactions, p) for p in range(n_transactions)] + [
-        (topics.labels, p) for p in range(n_labels)
-    ]
-    clocks = SourceClocks(refresh_seconds=2.0)
-    queues: dict[int, HoldQueue[tuple[EventT, pipeline.ForwardedTransaction]]] = {}
-    delay = float(fraud_features.LABEL_DELAY_SECONDS)
-
-    async def forward(message: pipeline.Forwarded) -> None:
-        await send_raw(
-            app, by_terminal_name, message.terminal_id.encode(), pipeline.encode_forwarded(message)
-        )
-
-    async def report(source: tuple[str, int], value: float) -> None:
-        """To every stage-2 partition, after the forwards it covers (same producer)."""
-        mark = pipeline.encode_forwarded(pipeline.ForwardedWatermark(*source, value))
-        for partition in range(n_transactions):  # a lost report is harmless: the next one wins
-            delivery = await app.producer.send(by_terminal_name, None, mark, partition, None, None)
-            delivery.add_done_callback(_note_lost_report)
-        clocks.sent(source, value, time.monotonic())
-
-    @app.agent(transactions, name="fraud-customer-stage")
-    async def fraud_customer_stage(stream: StreamT) -> None:
-        async for event in stream.events():
-            m = event.message
-            ok, forwarded = await guarded(
-                event, pipeline.ingest_transaction, m.value, m.key, _ms(m.timestamp), customers
-            )
-            await customers.send_changelog_writes(changelog)
-            if ok:
-                await forward(forwarded)
-                metrics.count_events(m.topic, "forwarded")
-            clocks.processed((m.topic, m.partition), m.offset, forwarded.timestamp if ok else None)
-
-    @app.agent(labels, name="label-forwarder")
-    async def label_forwarder(stream: StreamT) -> None:
-        async for event in stream.events():
-            m = event.message
-            source = (m.topic, m.partition)
-            ok, label = await guarded(event, pipeline.ingest_label, m.value, m.key)
-            if ok:
-                await forward(label)
-                metrics.count_events(m.topic, "label")
-            clocks.processed(source, m.offset, label.label_timestamp - delay if ok else None)
-            # Live labels are rare: say at once that nothing older follows, or every
-            # transaction after a label would wait for the next periodic report.
-            if clocks.caught_up(source, app.consumer.highwater(event.message.tp)):
-                await report(source, CAUGHT_UP)
-
-    async def score_transaction(
-        stream: StreamT, event: EventT, transaction: pipeline.ForwardedTransaction
-    ) -> None:
-        ok, pending = await guarded(event, pipeline.terminal_stage, transaction, terminals)
-        await terminals.send_changelog_writes(changelog)
-        if ok and pending is not None:
-            await batcher.add(pending, _acker(stream, event))
-        else:
-            await stream.ack(event)
-
-    async def score_released(stream: StreamT, queue: HoldQueue[Any]) -> None:
-        for held_event, transaction in queue.release():
-            await score_transaction(stream, held_event, transaction)
-        metrics.set_held(sum(len(q) for q in queues.values()))
-
-    @app.agent(by_terminal, name="fraud-terminal-stage")
-    async def fraud_terminal_stage(stream: StreamT) -> None:
-        manual = stream.noack()
-        async for event in manual.events():
-            partition = event.message.partition
-            queue = queues.get(partition)
-            if queue is None:
-                queue = queues[partition] = HoldQueue(sources, delay)
-            ok, message = await guarded(event, pipeline.decode_forwarded, event.message.value)
-            if ok and isinstance(message, pipeline.ForwardedTransaction):
-                late = message.too_late
-                if queue.ready(message.timestamp, message.terminal_id if late else None):
-                    await score_transaction(manual, event, message)
-                else:
-                    queue.hold(
-                        message.timestamp,
-                        (event, message),
-                        message.terminal_id,
-                        behind_group=late,
-                    )
-                    metrics.set_held(sum(len(q) for q in queues.values()))
-                continue
-            if ok and isinstance(message, pipeline.ForwardedWatermark):
-                queue.mark((message.topic, message.partition), message.time)
-                await score_released(manual, queue)
-            elif ok:
-                await guarded(event, pipeline.terminal_stage, message, terminals)
-                await terminals.send_changelog_writes(changelog)
-            await manual.ack(event)
+    stages.progress.sources.update({*source_topics, hop.topic})
+    _consume_in_batches(
+        app, transactions, "fraud-customer-stage", hop.customer_stage_handler(customers)
+    )
+    _consume_in_batches(app, labels, "label-forwarder", hop.label_handler())
+    scorer = stages.scorer(model, topics.transactions)
+    _consume_in_batches(
+        app, by_terminal, "fraud-terminal-stage", hop.terminal_stage_handler(terminals, scorer)
+    )
 
     @app.timer(interval=max(settings.worker.watermark_interval_ms / 1000.0, 0.01))
     async def report_watermarks() -> None:
-        if app.rebalancing:
-            return
-        owned = [tp for tp in app.consumer.assignment() if tp.topic in source_topics]
-        clocks.retain((tp.topic, tp.partition) for tp in owned)
-        for tp in owned:
-            source = (tp.topic, tp.partition)
-            if clocks.needs_start(source):
-                clocks.started_at(source, await _start_offset(app, tp))
-            value = clocks.value(source, app.consumer.highwater(tp))
-            if clocks.should_send(source, value, time.monotonic()):
-                await report(source, value)
+        await hop.report_watermarks(source_topics)
 
     @app.on_partitions_revoked.connect
     async def drop_held(sender: faust.App, revoked: Any, **kwargs: Any) -> None:
         """Held transactions of a partition that moves are not acked: its new owner reads
         them again from the last commit, with the watermarks that follow them."""
+        hop.drop_held(revoked)
+
+
+Held = tuple[Any, pipeline.ForwardedTransaction]  # (the record that brought it, the transaction)
+
+
+class FraudHop:
+    """The fraud topology's two stages and the watermarks between them, a batch at a time."""
+
+    def __init__(
+        self, stages: Stages, topic: str, partitions: int, sources: list[tuple[str, int]]
+    ) -> None:
+        self.stages = stages
+        self.topic = topic  # the terminal-keyed hop between the stages
+        self.partitions = partitions
+        self.sources = sources
+        self.clocks = SourceClocks(refresh_seconds=2.0)
+        self.queues: dict[int, HoldQueue[Held]] = {}
+        self.delay = float(fraud_features.LABEL_DELAY_SECONDS)
+
+    def customer_stage_handler(self, customers: Any) -> BatchHandler:
+        stages, metrics = self.stages, self.stages.metrics
+
+        async def customer_stage(tp: Any, records: list[Any]) -> None:
+            """Stage 1: customer state and features, forwarded keyed by terminal."""
+            outbox, state = stages.outbox(), TableWrites(customers, tp.partition)
+            times: list[float | None] = []
+            for record in records:
+                ok, forwarded = stages.run_step(
+                    outbox,
+                    record,
+                    pipeline.ingest_transaction,
+                    record.value,
+                    record.key,
+                    record.timestamp,
+                    state,
+                )
+                if ok:
+                    self.forward(outbox, forwarded)
+                times.append(forwarded.timestamp if ok else None)
+            state.send_changes(outbox)
+            await self._forwarded(tp, records, times, outbox)
+            metrics.count_events(tp.topic, "forwarded", sum(t is not None for t in times))
+
+        return customer_stage
+
+    def label_handler(self) -> BatchHandler:
+        stages, metrics = self.stages, self.stages.metrics
+
+        async def label_forwarder(tp: Any, records: list[Any]) -> None:
+            """Labels, validated and forwarded keyed by terminal."""
+            outbox = stages.outbox()
+            times: list[float | None] = []
+            for record in records:
+                ok, label = stages.run_step(
+                    outbox, record, pipeline.ingest_label, record.value, record.key
+                )
+                if ok:
+                    self.forward(outbox, label)
+                times.append(label.label_timestamp - self.delay if ok else None)
+            await self._forwarded(tp, records, times, outbox)
+            metrics.count_events(tp.topic, "label", sum(t is not None for t in times))
+            # Live labels are rare: say at once that nothing older follows, or every
+            # transaction after a label would wait for the next periodic report.
+            source = (tp.topic, tp.partition)
+            if self.clocks.caught_up(source, stages.app.consumer.highwater(tp)):
+                await self.report(source, CAUGHT_UP)
+
+        return label_forwarder
+
+    def forward(self, outbox: Outbox, message: pipeline.Forwarded) -> None:
+        key = message.terminal_id.encode()  # type: ignore[union-attr]
+        outbox.add(self.topic, key, pipeline.encode_forwarded(message))
+
+    async def _forwarded(
+        self, tp: Any, records: list[Any], times: list[float | None], outbox: Outbox
+    ) -> None:
+        """Publish stage 1's batch, then move the source's clock: a watermark report may only
+        follow the forwards it covers (riskstream.watermarks)."""
+        offsets = [record.offset for record in records]
+        await self.stages.publish(tp, offsets, outbox)
+        source = (tp.topic, tp.partition)
+        for offset, event_time in zip(offsets, times, strict=True):
+            self.clocks.processed(source, offset, event_time)
+        self.stages.progress.saw(tp.topic, tp.partition, offsets[-1])
+
+    def terminal_stage_handler(self, terminals: Any, scorer: BatchScorer) -> BatchHandler:
+        stages = self.stages
+
+        async def terminal_stage(tp: Any, records: list[Any]) -> None:
+            """Stage 2: terminal state, the full vector once every source passed t - delay."""
+            outbox, state = stages.outbox(), TableWrites(terminals, tp.partition)
+            queue = self.queues.get(tp.partition)
+            if queue is None:
+                queue = self.queues[tp.partition] = HoldQueue(self.sources, self.delay)
+            batch = TerminalBatch(stages, outbox, state, queue)
+            for record in records:
+                batch.take(record)
+            stages.metrics.set_held(sum(len(q) for q in self.queues.values()))
+            state.send_changes(outbox)
+            observe = scorer.score_into(batch.ready, outbox) if batch.ready else None
+            stages.progress.saw(tp.topic, tp.partition, records[-1].offset)
+            await stages.publish(tp, batch.done, outbox, observe)
+
+        return terminal_stage
+
+    async def report(self, source: tuple[str, int], value: float) -> None:
+        """To every stage-2 partition, after the forwards it covers (same producer)."""
+        mark = pipeline.encode_forwarded(pipeline.ForwardedWatermark(*source, value))
+        producer = self.stages.app.producer
+        for partition in range(self.partitions):  # a lost report is harmless: the next wins
+            delivery = await producer.send(self.topic, None, mark, partition, None, None)
+            delivery.add_done_callback(_note_lost_report)
+        self.clocks.sent(source, value, time.monotonic())
+
+    async def report_watermarks(self, source_topics: set[str]) -> None:
+        app = self.stages.app
+        if app.rebalancing:
+            return
+        owned = [tp for tp in app.consumer.assignment() if tp.topic in source_topics]
+        self.clocks.retain((tp.topic, tp.partition) for tp in owned)
+        for tp in owned:
+            source = (tp.topic, tp.partition)
+            if self.clocks.needs_start(source):
+                self.clocks.started_at(source, await _start_offset(app, tp))
+            value = self.clocks.value(source, app.consumer.highwater(tp))
+            if self.clocks.should_send(source, value, time.monotonic()):
+                await self.report(source, value)
+
+    def drop_held(self, revoked: Any) -> None:
         for tp in revoked:
-            if tp.topic == by_terminal_name:
-                queues.pop(tp.partition, None)
-        metrics.set_held(sum(len(q) for q in queues.values()))
+            if tp.topic == self.topic:
+                self.queues.pop(tp.partition, None)
+        self.stages.metrics.set_held(sum(len(q) for q in self.queues.values()))
+
+
+class TerminalBatch:
+    """One stage-2 batch: which transactions are ready to score, which offsets are done."""
+
+    def __init__(
+        self, stages: Stages, outbox: Outbox, state: TableWrites, queue: HoldQueue[Held]
+    ) -> None:
+        self.stages, self.outbox, self.state, self.queue = stages, outbox, state, queue
+        self.ready: list[pipeline.PendingScore] = []
+        self.done: list[int] = []  # offsets whose outputs are in this batch's outbox
+
+    def take(self, record: Any) -> None:
+        ok, message = self.stages.run_step(
+            self.outbox, record, pipeline.decode_forwarded, record.value
+        )
+        if ok and isinstance(message, pipeline.ForwardedTransaction):
+            late = message.too_late
+            if self.queue.ready(message.timestamp, message.terminal_id if late else None):
+                self.score(record, message)
+            else:
+                self.queue.hold(
+                    message.timestamp, (record, message), message.terminal_id, behind_group=late
+                )
+            return
+        if ok and isinstance(message, pipeline.ForwardedWatermark):
+            self.queue.mark((message.topic, message.partition), message.time)
+            for held_record, transaction in self.queue.release():
+                self.score(held_record, transaction)
+        elif ok:
+            self.stages.run_step(self.outbox, record, pipeline.terminal_stage, message, self.state)
+        self.done.append(record.offset)
+
+    def score(self, record: Any, transaction: pipeline.ForwardedTransaction) -> None:
+        ok, pending = self.stages.run_step(
+            self.outbox, record, pipeline.terminal_stage, transaction, self.state
+        )
+        if ok and pending is not None:
+            self.ready.append(pending)
+        self.done.append(record.offset)
 
 
 async def _start_offset(app: faust.App, tp: Any) -> int:
@@ -617,42 +698,33 @@ def _fetched_highwater(app: faust.App, tp: Any) -> int:
         return 0
 
 
-def _ms(timestamp_seconds: float) -> int:
-    return int(timestamp_seconds * 1000)
-
-
-def _wire_market(
-    app: faust.App,
-    settings: Settings,
-    model: Any,
-    partitions: int,
-    guarded: Callable[..., Awaitable[tuple[bool, Any]]],
-    make_batcher: Callable[[Any, str], MicroBatcher],
-) -> None:
-    topics = settings.topics
+def _wire_market(stages: Stages, model: Any, partitions: int) -> None:
+    app, topics = stages.app, stages.settings.topics
     market = app.topic(topics.market, partitions=partitions, **RAW)
     instruments = app.Table("instruments", partitions=partitions, **RAW_TABLE)
-    batcher = make_batcher(model, topics.market)
-    changelog = changelog_sender(app)
-    app.riskstream_progress.sources.add(market.get_topic_name())  # type: ignore[attr-defined]
+    scorer = stages.scorer(model, topics.market)
+    stages.progress.sources.add(market.get_topic_name())
 
-    @app.agent(market, name="market-stage")
-    async def market_stage(stream: StreamT) -> None:
-        manual = stream.noack()
-        async for event in manual.events():
-            m = event.message
-            ok, pending = await guarded(
-                event, pipeline.market_stage, m.value, m.key, _ms(m.timestamp), instruments
+    async def market_stage(tp: Any, records: list[Any]) -> None:
+        """Instrument state and features, scored a batch at a time."""
+        outbox, state = stages.outbox(), TableWrites(instruments, tp.partition)
+        ready = []
+        for record in records:
+            ok, pending = stages.run_step(
+                outbox,
+                record,
+                pipeline.market_stage,
+                record.value,
+                record.key,
+                record.timestamp,
+                state,
             )
-            await instruments.send_changelog_writes(changelog)
             if ok:
-                await batcher.add(pending, _acker(manual, event))
-            else:
-                await manual.ack(event)
+                ready.append(pending)
+        state.send_changes(outbox)
+        observe = scorer.score_into(ready, outbox) if ready else None
+        offsets = [record.offset for record in records]
+        stages.progress.saw(tp.topic, tp.partition, offsets[-1])
+        await stages.publish(tp, offsets, outbox, observe)
 
-
-def _acker(stream: StreamT, event: EventT) -> Callable[[], Awaitable[bool]]:
-    async def ack() -> bool:
-        return await stream.ack(event)
-
-    return ack
+    _consume_in_batches(app, market, "market-stage", market_stage)

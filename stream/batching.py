@@ -1,18 +1,19 @@
-"""Micro-batching: one onnxruntime call per batch, outputs acknowledged before inputs are.
+"""Scoring a batch: one onnxruntime call, its score records and alerts queued in an outbox.
 
-Events join a batch as they are processed; the batch is scored when it is full or when its
-oldest event has waited `max_wait` seconds. Input events are acknowledged (so Faust may commit
-their offsets) only after the broker acknowledged every score and alert built from them:
-a worker killed at any point loses nothing, it can only score an event twice, and a re-scored
-event yields the same alert id.
+A batch handler (riskstream.batch_hook) collects the events of one fetched partition batch that
+are ready to be scored, scores them here in one inference call (split at `max_rows`), queues a
+score record for every event and an alert with its reasons for every score at or above the
+model's threshold in the batch's outbox (riskstream.outbox), and records the batch's metrics
+once the broker acknowledged them. The handler acknowledges its input offsets only after that
+(riskstream.batch_hook.ack_when_delivered): a worker killed at any point loses nothing, it can
+only score an event twice, and a re-scored event yields the same alert id.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -20,17 +21,10 @@ import numpy as np
 
 from riskstream import contracts
 from riskstream.alerts import build_alert
+from riskstream.outbox import Outbox
 from riskstream.pipeline import PendingScore, rfc3339
 
 log = logging.getLogger(__name__)
-
-Ack = Callable[[], Awaitable[Any]]
-
-
-class Sink(Protocol):
-    """Where records go: sends one message and returns an awaitable of its delivery."""
-
-    async def __call__(self, key: bytes, value: bytes) -> Awaitable[Any]: ...
 
 
 class Scorer(Protocol):
@@ -56,58 +50,41 @@ class BatchObserver(Protocol):
     def count_events(self, topic: str, outcome: str, n: int = 1) -> None: ...
 
 
-class MicroBatcher:
-    """Collects pending scores for one model and flushes them as one inference call."""
+class BatchScorer:
+    """Scores batches for one model and queues their records."""
 
     def __init__(
         self,
         scorer: Scorer,
-        scores_sink: Sink,
-        alerts_sink: Sink,
         observer: BatchObserver,
         source_topic: str,
+        scores_topic: str,
+        alerts_topic: str,
         *,
         max_rows: int = 512,
-        max_wait: float = 0.02,
     ) -> None:
         self.scorer = scorer
-        self.scores_sink = scores_sink
-        self.alerts_sink = alerts_sink
         self.observer = observer
         self.source_topic = source_topic
-        self.max_rows = max_rows
-        self.max_wait = max_wait
-        self._items: list[PendingScore] = []
-        self._acks: list[Ack] = []
-        self._oldest = 0.0
-        self._lock = asyncio.Lock()
+        self.scores_topic = scores_topic
+        self.alerts_topic = alerts_topic
+        self.max_rows = max(1, max_rows)
 
-    def __len__(self) -> int:
-        return len(self._items)
+    def score_into(self, items: Sequence[PendingScore], outbox: Outbox) -> Callable[[], None]:
+        """Score `items`, queue their records in `outbox`; returns what records the batch's
+        metrics, to call once the outbox was delivered."""
+        observations = [
+            self._score_rows(items[start : start + self.max_rows], outbox)
+            for start in range(0, len(items), self.max_rows)
+        ]
 
-    async def add(self, item: PendingScore, ack: Ack) -> None:
-        if not self._items:
-            self._oldest = time.monotonic()
-        self._items.append(item)
-        self._acks.append(ack)
-        if len(self._items) >= self.max_rows:
-            await self.flush()
+        def observe() -> None:
+            for observe_rows in observations:
+                observe_rows()
 
-    async def flush_if_due(self) -> None:
-        """Called by a timer: score a partial batch whose oldest event waited long enough."""
-        if self._items and time.monotonic() - self._oldest >= self.max_wait:
-            await self.flush()
+        return observe
 
-    async def flush(self) -> None:
-        async with self._lock:
-            items, acks = self._items, self._acks
-            self._items, self._acks = [], []
-            if items:
-                await self._score_and_publish(items)
-                for ack in acks:
-                    await ack()
-
-    async def _score_and_publish(self, items: list[PendingScore]) -> None:
+    def _score_rows(self, items: Sequence[PendingScore], outbox: Outbox) -> Callable[[], None]:
         matrix = np.asarray([item.vector for item in items], dtype=np.float32)
         started = time.perf_counter()
         scores = self.scorer.score(matrix)
@@ -117,34 +94,34 @@ class MicroBatcher:
             self._score_record(item, float(s), scored_at)
             for item, s in zip(items, scores, strict=True)
         ]
-        deliveries = [
-            await self.scores_sink(record.event_id.encode(), contracts.encode(record))
-            for record in records
-        ]
+        for record in records:
+            outbox.add(self.scores_topic, record.event_id.encode(), contracts.encode(record))
         alerting = [i for i, record in enumerate(records) if record.score >= self.scorer.threshold]
         if alerting:
-            explanations = self.scorer.explain(matrix[alerting])
-            for row, why in zip(alerting, explanations, strict=True):
-                alert = build_alert(
-                    records[row],
-                    self.scorer.threshold,
-                    self.scorer.severity(records[row].score) or "medium",
-                    [_reason(reason) for reason in why],
-                )
-                deliveries.append(
-                    await self.alerts_sink(alert.alert_id.encode(), contracts.encode(alert))
-                )
-                self.observer.alert(alert.model, alert.severity)
-        await asyncio.gather(*deliveries)
-        now_ms = time.time() * 1000.0
-        sources_ms = np.fromiter(
-            (item.source_timestamp_ms for item in items), np.float64, len(items)
-        )
-        latencies = np.maximum(0.0, (now_ms - sources_ms) / 1000.0)
-        self.observer.observe_batch(
-            self.scorer.name, len(items), inference_seconds, scores, latencies
-        )
-        self.observer.count_events(self.source_topic, "scored", len(items))
+            self._queue_alerts([records[i] for i in alerting], matrix[alerting], outbox)
+        sources_ms = np.fromiter((item.source_timestamp_ms for item in items), np.float64)
+
+        def observe() -> None:
+            latencies = np.maximum(0.0, (time.time() * 1000.0 - sources_ms) / 1000.0)
+            self.observer.observe_batch(
+                self.scorer.name, len(items), inference_seconds, scores, latencies
+            )
+            self.observer.count_events(self.source_topic, "scored", len(items))
+
+        return observe
+
+    def _queue_alerts(
+        self, records: list[contracts.ScoreRecord], matrix: np.ndarray, outbox: Outbox
+    ) -> None:
+        for record, why in zip(records, self.scorer.explain(matrix), strict=True):
+            alert = build_alert(
+                record,
+                self.scorer.threshold,
+                self.scorer.severity(record.score) or "medium",
+                [_reason(reason) for reason in why],
+            )
+            outbox.add(self.alerts_topic, alert.alert_id.encode(), contracts.encode(alert))
+            self.observer.alert(alert.model, alert.severity)
 
     def _score_record(
         self, item: PendingScore, score: float, scored_at: str

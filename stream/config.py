@@ -90,7 +90,6 @@ class WorkerSettings:
     models: tuple[str, ...] = ("fraud", "market")
     partitions: int = 6
     batch_size: int = 512
-    batch_wait_ms: int = 2
     watermark_interval_ms: int = 500
     fetch_max_wait_ms: int = 10
     fetch_wait_ceiling_ms: int = 5000
@@ -115,7 +114,6 @@ class WorkerSettings:
             ),
             partitions=int(env.get("RISKSTREAM_PARTITIONS", cls.partitions)),
             batch_size=int(env.get("RISKSTREAM_BATCH_SIZE", cls.batch_size)),
-            batch_wait_ms=int(env.get("RISKSTREAM_BATCH_WAIT_MS", cls.batch_wait_ms)),
             fetch_max_wait_ms=int(env.get("RISKSTREAM_FETCH_MAX_WAIT_MS", cls.fetch_max_wait_ms)),
             fetch_wait_ceiling_ms=int(
                 env.get("RISKSTREAM_FETCH_WAIT_CEILING_MS", cls.fetch_wait_ceiling_ms)

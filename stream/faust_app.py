@@ -58,22 +58,39 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiokafka
 import aiokafka.errors
 import faust
-from faust.stores import memory as faust_memory
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from riskstream.batch_hook import BatchDrain, BatchHandler
 from riskstream.config import Settings
 from riskstream.fetch_wait import DEFAULT_CEILING_MS, AdaptiveFetchWait
 from riskstream.kafka import faust_credentials, fetched_highwaters
 
 _log = logging.getLogger("riskstream.worker")
 
-ChangelogSend = Callable[[str, Any, Any, int | None], Awaitable[Any]]
+# The releases the consumer overrides here and in riskstream.batch_hook and riskstream.fetch_wait
+# were written against and tested with (they reach into private names of both); pyproject.toml
+# pins the same ranges.
+TESTED_VERSIONS = {"faust-streaming": ("0.15.",), "aiokafka": ("0.14.",)}
+
+
+def untested_versions() -> list[str]:
+    """The installed Faust/aiokafka releases the overrides were not tested with, as
+    "name version (tested: 0.15.x)"; empty when all are tested."""
+    from importlib.metadata import version
+
+    found = []
+    for name, prefixes in TESTED_VERSIONS.items():
+        installed = version(name)
+        if not installed.startswith(prefixes):
+            tested = ", ".join(f"{prefix}x" for prefix in prefixes)
+            found.append(f"{name} {installed} (tested: {tested})")
+    return found
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -154,14 +171,14 @@ class _NoReadOffsets(dict):
         return None
 
 
-class _Consumer(faust_aiokafka.Consumer):
+class _Consumer(BatchDrain, faust_aiokafka.Consumer):
     _owned: frozenset[Any] = frozenset()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_offset = _NoReadOffsets()
         self._seeks: dict[Any, int] = {}  # per partition: how many seeks so far
-        self._seeks_at_fetch: dict[Any, int] = {}  # the same, when the batch at hand was asked for
+        self._init_batch_drain()
 
     async def seek_to_committed(self) -> Mapping[Any, int]:
         self._count_seeks(self.assignment())
@@ -175,36 +192,19 @@ class _Consumer(faust_aiokafka.Consumer):
         for tp in partitions:
             self._seeks[tp] = self._seeks.get(tp, 0) + 1
 
-    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
-        seeks = dict(self._seeks)  # a seek from here on makes this batch's records stale
-        records = await super()._getmany(active_partitions, timeout)
-        self._seeks_at_fetch = seeks
-        return records
-
-    async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
-        """Faust's batch, without the records of a partition sought since it was fetched."""
-        stale: set[Any] = set()
-        async for tp, message in super().getmany(timeout):
-            if self._is_stale(tp):
-                stale.add(tp)
-                continue
-            yield tp, message
-        if stale:  # they may also be records read from the new position: read them again
-            self._count_seeks(stale)
-            client = self._thread._ensure_consumer()
-            await self._thread.call_thread(_seek_back_to_committed, client, stale)
-
-    def _is_stale(self, tp: Any) -> bool:
-        if self._seeks.get(tp, 0) == self._seeks_at_fetch.get(tp, 0):
-            return False
-        # Changelogs: recovery positions them itself, and there are no commits to go back to.
-        return tp.topic not in self.app.tables.changelog_topics
+    async def _read_again_from_committed(self, partitions: set[Any]) -> None:
+        """Records fetched before a seek are dropped (riskstream.batch_hook); they may also be
+        records read from the new position, so the partitions are read again from the commit."""
+        self._count_seeks(partitions)
+        client = self._thread._ensure_consumer()
+        await self._thread.call_thread(_seek_back_to_committed, client, partitions)
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         self._owned = self._owned - frozenset(revoked)  # before the revoke handlers ack
+        self.forget_batches(revoked)
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
@@ -212,6 +212,7 @@ class _Consumer(faust_aiokafka.Consumer):
             self._acked.pop(tp, None)
             self._acked_index.pop(tp, None)
             self._gap.pop(tp, None)
+        self.forget_batches(assigned)
         self._owned = frozenset(assigned)
         await super().on_partitions_assigned(assigned, generation_id)
 
@@ -242,6 +243,9 @@ class _Consumer(faust_aiokafka.Consumer):
 
     def _lowest_unacked(self, tp: Any) -> int | None:
         offsets = [m.offset for m in list(self._unacked_messages) if m.tp == tp and not m.acked]
+        in_batches = self.lowest_batch_unacked(tp)
+        if in_batches is not None:
+            offsets.append(in_batches)
         return min(offsets) if offsets else None
 
 
@@ -268,49 +272,6 @@ def committable_end(
     return run_end
 
 
-class RiskstreamTable(faust.Table):
-    """A Faust table whose changelog records the agent sends itself, straight to the producer.
-
-    Faust sends each table write through `send_soon`: a FutureMessage queued in its producer
-    buffer and published by a background task (about a tenth of the worker's CPU in the
-    profile, bench/README.md). Here a write is only queued (same partition rule, the current
-    event's partition) and `send_changelog_writes` sends them with `send` once the step is
-    done; like any record the agent sends, they are flushed before its offsets are committed.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._writes: list[tuple[int | None, Any, Any]] = []
-
-    def on_key_set(self, key: Any, value: Any) -> None:
-        self._writes.append((self.partition_for_key(key), key, value))
-
-    def on_key_del(self, key: Any) -> None:
-        self._writes.append((self.partition_for_key(key), key, None))
-
-    async def send_changelog_writes(self, send: ChangelogSend) -> None:
-        """Send the queued changelog records; `send(topic, key, value, partition)`."""
-        if not self._writes:
-            return
-        writes, self._writes = self._writes, []
-        topic = self.changelog_topic.get_topic_name()
-        persist = self._persist_offset if self._keeps_offsets else None
-        for partition, key, value in writes:
-            delivery = await send(topic, key, value, partition)
-            if persist is not None:
-                delivery.add_done_callback(persist)
-
-    @property
-    def _keeps_offsets(self) -> bool:
-        """Stores on disk (rocksdb) remember the changelog offset they hold."""
-        return not isinstance(self.data, faust_memory.Store)
-
-    def _persist_offset(self, delivery: Any) -> None:
-        if not delivery.cancelled() and delivery.exception() is None:
-            metadata = delivery.result()
-            self.data.set_persisted_offset(metadata.topic_partition, metadata.offset)
-
-
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
 
@@ -322,6 +283,8 @@ class RiskstreamApp(faust.App):
     riskstream_fetch_max_wait_ms: int | None = None
     riskstream_fetch_wait_ceiling_ms: int | None = None
     riskstream_probe_kwargs: dict[str, Any] | None = None
+    # Topics consumed a partition batch at a time (riskstream.batch_hook), set by build_app.
+    batch_handlers: dict[str, BatchHandler] | None = None
 
     def _new_transport(self) -> Any:
         if not str(self.conf.broker_consumer[0]).startswith("kafka:"):
@@ -355,7 +318,6 @@ def faust_app(settings: Settings, partitions: int) -> faust.App:
         stream_wait_empty=False,
         web_enabled=False,
         autodiscover=False,
-        Table=RiskstreamTable,
         key_serializer="raw",
         value_serializer="raw",
     )

@@ -121,35 +121,67 @@ def test_acknowledgements_for_a_partition_not_owned_never_commit() -> None:
     assert consumer._new_offset(tp) is None
 
 
-def test_messages_fetched_again_after_a_seek_are_delivered_again() -> None:
+class _Fetcher:
+    """Faust's fetcher as the drain loop sees it: stopped once the last fetch was made."""
+
+    def __init__(self) -> None:
+        self._stopped = asyncio.Event()
+
+
+def _record(tp: TP, offset: int) -> ConsumerRecord:
+    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, b"k", b"v", None, 1, 1, [])
+
+
+@pytest.mark.parametrize("batch_path", [True, False])
+def test_messages_fetched_again_after_a_seek_are_delivered_again(batch_path: bool) -> None:
     """Faust dropped a re-fetched message below the last offset it handed on; around the seek
     at the end of table recovery that lost transactions until the next restart (137 in a
-    SIGKILL run). Every fetched message must reach the agents: repeats are harmless."""
+    SIGKILL run). Every fetched message must reach the handler (or, on Faust's per-message
+    path, the agents): repeats are harmless."""
     app = faust_app(Settings.from_env({}), partitions=4)
     consumer, tp = app.consumer, TP("by-terminal", 0)
+    consumer._thread = _FakeThread([], _FakeClient(None))
     fetches = [[10, 11, 12], [5, 6, 7, 8, 9, 10, 11, 12]]  # the second: after a seek back to 5
     delivered: list[int] = []
+    fetcher = _Fetcher()
 
-    class Fetcher:
-        _stopped = asyncio.Event()
-
-    async def getmany(timeout: float) -> Any:
+    async def wait_next_records(timeout: float) -> Any:
         offsets = fetches.pop(0)
         if not fetches:
-            Fetcher._stopped.set()  # the drain loop ends after this fetch
-        for offset in offsets:
-            yield tp, _message(offset)
+            fetcher._stopped.set()  # the drain loop ends after this fetch
+        return {tp: [_record(tp, offset) for offset in offsets]}, None
+
+    async def handle(partition: TP, records: list[ConsumerRecord]) -> None:
+        delivered.extend(record.offset for record in records)
 
     async def deliver(message: Message) -> None:
         delivered.append(message.offset)
 
     async def drain() -> None:
-        consumer.getmany = getmany
+        consumer._wait_next_records = wait_next_records
         consumer.callback = deliver
-        await consumer._drain_messages(Fetcher())
+        app.batch_handlers = {"by-terminal": handle} if batch_path else {}
+        await consumer._drain_messages(fetcher)
 
     app.loop.run_until_complete(drain())  # the consumer's own loop (Faust's services bind one)
     assert delivered == [10, 11, 12, 5, 6, 7, 8, 9, 10, 11, 12]
+
+
+def test_a_batch_is_acknowledged_only_by_its_handler_and_commits_in_order() -> None:
+    """Offsets handed to a batch handler stay uncommittable until it acknowledges them, and
+    before the first commit nothing at or past an unacknowledged offset is committed."""
+    app = faust_app(Settings.from_env({}), partitions=4)
+    consumer, tp = app.consumer, TP("transactions", 0)
+    consumer._owned = frozenset({tp})
+    consumer._batch_unacked[tp] = {0, 1, 2, 3, 4}  # handed to a handler
+    assert consumer.ack_offsets(tp, [2, 3, 4]) == 3
+    assert consumer._new_offset(tp) is None, "0 and 1 are not acknowledged yet"
+    assert consumer.ack_offsets(tp, [0]) == 1
+    assert consumer._new_offset(tp) == 1
+    assert consumer.ack_offsets(tp, [1, 1]) == 1
+    assert consumer._new_offset(tp) == 5
+    consumer._owned = frozenset()  # revoked
+    assert consumer.ack_offsets(tp, [5]) == 0
 
 
 class _FakeClient:
@@ -170,20 +202,18 @@ class _FakeClient:
 
 
 class _FakeThread:
-    """Faust's consumer thread: one fetch result per call, calls run inline."""
+    """Faust's consumer thread: one fetch result per call (offsets per partition), calls run
+    inline."""
 
-    def __init__(self, tp: TP, fetches: list[list[int]], client: _FakeClient) -> None:
-        self.tp, self.fetches, self.client = tp, fetches, client
+    def __init__(self, fetches: list[dict[TP, list[int]]], client: _FakeClient) -> None:
+        self.fetches, self.client = fetches, client
 
     async def getmany(self, active_partitions: Any, timeout: float) -> Any:
-        records = [
-            ConsumerRecord(self.tp.topic, self.tp.partition, o, 0, 0, b"k", b"v", None, 1, 1, [])
-            for o in self.fetches.pop(0)
-        ]
-        return {self.tp: records}
+        fetch = self.fetches.pop(0)
+        return {tp: [_record(tp, o) for o in offsets] for tp, offsets in fetch.items()}
 
     def assignment(self) -> set[TP]:
-        return {self.tp}
+        return set()
 
     def highwater(self, tp: TP) -> int:
         return 100
@@ -206,20 +236,43 @@ def test_records_fetched_before_a_seek_are_not_handed_on_after_it(
     transaction scored before earlier ones of its customer: features off by 0.06 in a SIGKILL
     run). They are held back and the partition is read again from its committed offset."""
     app = faust_app(Settings.from_env({}), partitions=4)
-    consumer, tp = app.consumer, TP("by-terminal", 0)
+    consumer = app.consumer
+    first, sought = TP("by-terminal", 0), TP("by-terminal", 1)
     client = _FakeClient(committed)
-    consumer._thread = _FakeThread(tp, [[10, 11, 12, 13], [5, 6, 7]], client)
-    consumer._active_partitions = {tp}  # assigned and resumed
-    delivered: list[int] = []
+    consumer._thread = _FakeThread(
+        [{first: [10, 11], sought: [10, 11, 12, 13]}, {sought: [5, 6, 7]}], client
+    )
+    consumer._active_partitions = {first, sought}  # assigned and resumed
+    delivered: list[tuple[int, int]] = []
+    fetcher = _Fetcher()
+
+    async def handle(tp: TP, records: list[ConsumerRecord]) -> None:
+        delivered.extend((tp.partition, record.offset) for record in records)
+        if tp == first:
+            await consumer.seek(sought, 5)  # e.g. the seek that ends table recovery
+        if not consumer._thread.fetches:
+            fetcher._stopped.set()
 
     async def read_twice() -> None:
-        async for _, message in consumer.getmany(timeout=0.1):
-            delivered.append(message.offset)
-            if message.offset == 10:
-                await consumer.seek(tp, 5)  # e.g. the seek that ends table recovery
-        assert client.seeks == [("by-terminal", 0, read_again_from)], delivered
-        async for _, message in consumer.getmany(timeout=0.1):
-            delivered.append(message.offset)
+        app.batch_handlers = {"by-terminal": handle}
+        await consumer._drain_messages(fetcher)
 
     app.loop.run_until_complete(read_twice())
-    assert delivered == [10, 5, 6, 7]
+    assert client.seeks == [("by-terminal", 1, read_again_from)], delivered
+    assert delivered == [(0, 10), (0, 11), (1, 5), (1, 6), (1, 7)]
+
+
+def test_an_untested_faust_release_or_another_store_stops_the_worker_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from riskstream import faust_app as module
+    from riskstream.worker import EXIT_UNSUPPORTED, refuse_unsupported
+
+    refuse_unsupported(Settings.from_env({}))  # the installed releases are the tested ones
+    monkeypatch.setitem(module.TESTED_VERSIONS, "faust-streaming", ("9.9.",))
+    with pytest.raises(SystemExit) as exited:
+        refuse_unsupported(Settings.from_env({"RISKSTREAM_STORE": "rocksdb://"}))
+    assert exited.value.code == EXIT_UNSUPPORTED
+    said = capsys.readouterr().err
+    assert "faust-streaming 0.15" in said and "tested: 9.9.x" in said
+    assert "RISKSTREAM_STORE=rocksdb://" in said and "memory://" in said

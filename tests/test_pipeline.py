@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from riskstream import contracts, pipeline
-from riskstream.batching import MicroBatcher
+from riskstream.batch_hook import ack_when_delivered
+from riskstream.batching import BatchScorer
 from riskstream.features import fraud, market
 from riskstream.replay import market_events, transaction_events
 from riskstream.simulate import generate_market, generate_transactions
@@ -125,45 +126,74 @@ class _Observer:
     def count_events(self, topic, outcome, n=1) -> None: ...
 
 
+class _Outbox:
+    """The outbox as the scorer uses it: records queued per topic, one delivery future."""
+
+    def __init__(self, delivery: asyncio.Future) -> None:
+        self.records: dict[str, list[bytes]] = {"risk.scores": [], "risk.alerts": []}
+        self.delivery = delivery
+
+    def add(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        self.records[topic].append(value)
+
+    async def send(self) -> list[asyncio.Future]:
+        return [self.delivery]
+
+
+class _Consumer:
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+
+    def ack_offsets(self, tp, offsets) -> int:
+        self.order.append(f"ack {list(offsets)}")
+        return len(offsets)
+
+
 def test_inputs_are_acknowledged_only_after_their_outputs_are_delivered() -> None:
-    async def scenario() -> tuple[list[str], list[bytes], list[bytes]]:
+    async def scenario() -> tuple[list[str], _Outbox, _Observer]:
         order: list[str] = []
-        delivery = asyncio.get_running_loop().create_future()
-        scores: list[bytes] = []
-        alerts: list[bytes] = []
-
-        def sink(records: list[bytes]):
-            async def send(key: bytes, value: bytes):
-                records.append(value)
-                return delivery
-
-            return send
-
-        batcher = MicroBatcher(
-            _Scorer(), sink(scores), sink(alerts), _Observer(), "transactions", max_rows=2
+        outbox = _Outbox(asyncio.get_running_loop().create_future())
+        observer = _Observer()
+        scorer = BatchScorer(
+            _Scorer(), observer, "transactions", "risk.scores", "risk.alerts", max_rows=2
         )
-
-        async def ack() -> None:
-            order.append("ack")
 
         def item(event_id: str, value: float) -> pipeline.PendingScore:
             return pipeline.PendingScore(
                 "fraud", event_id, "transaction", "c", "2025-01-01T00:00:00Z", [value], 0
             )
 
-        await batcher.add(item("a", 0.2), ack)
-        flushing = asyncio.create_task(batcher.add(item("b", 0.9), ack))
+        observe = scorer.score_into([item("a", 0.2), item("b", 0.9), item("c", 0.1)], outbox)
+        deliveries = await outbox.send()
+        ack_when_delivered(_Consumer(order), "tp", [7, 8, 9], deliveries, observe)
         await asyncio.sleep(0.05)
         order.append("delivered")
-        delivery.set_result(None)
-        await flushing
-        return order, scores, alerts
+        outbox.delivery.set_result(None)
+        await asyncio.sleep(0)
+        return order, outbox, observer
 
-    order, scores, alerts = asyncio.run(scenario())
-    assert order == ["delivered", "ack", "ack"]
-    assert [contracts.decode_score(s).event_id for s in scores] == ["a", "b"]
-    (alert,) = [contracts.decode_alert(a) for a in alerts]
+    order, outbox, observer = asyncio.run(scenario())
+    assert order == ["delivered", "ack [7, 8, 9]"]
+    assert observer.batches == [2, 1]  # split at max_rows, observed once delivered
+    scores = [contracts.decode_score(s).event_id for s in outbox.records["risk.scores"]]
+    assert scores == ["a", "b", "c"]
+    (alert,) = [contracts.decode_alert(a) for a in outbox.records["risk.alerts"]]
     assert alert.event_id == "b" and alert.severity == "high" and alert.reasons
+
+
+def test_a_failed_delivery_acknowledges_nothing() -> None:
+    async def scenario() -> list[str]:
+        order: list[str] = []
+        loop = asyncio.get_running_loop()
+        delivered, failed = loop.create_future(), loop.create_future()
+        ack_when_delivered(_Consumer(order), "tp", [1], [delivered, failed])
+        delivered.set_result(None)
+        failed.set_exception(RuntimeError("broker said no"))
+        await asyncio.sleep(0)
+        failed.exception()  # retrieved: the worker's own check exits on it
+        return order
+
+    assert asyncio.run(scenario()) == []
 
 
 @pytest.mark.parametrize("labels_first", [False, True])
