@@ -25,6 +25,7 @@ log = logging.getLogger("riskstream.worker")
 
 EXIT_METRICS_PORT = 2
 EXIT_BAD_MODEL = 3
+EXIT_UNSUPPORTED = 6
 PROGRESS_REPORT_SECONDS = 5.0
 
 
@@ -101,6 +102,27 @@ async def wait_for_topics(
             delay = min(delay * 2, max_backoff)
 
 
+def refuse_unsupported(settings: Settings) -> None:
+    """Exit with EXIT_UNSUPPORTED before anything starts on a setup the worker is not built for."""
+    from riskstream.faust_app import untested_versions
+
+    problems = [
+        f"{found}: riskstream overrides parts of Faust's consumer and was not tested with this "
+        "release; install the tested one (pip install -e . does)"
+        for found in untested_versions()
+    ]
+    if settings.worker.store != "memory://":
+        problems.append(
+            f"RISKSTREAM_STORE={settings.worker.store}: the worker writes its tables a batch at "
+            "a time into Faust's in-memory store; use memory:// (the changelog topics keep "
+            "the state durable)"
+        )
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(EXIT_UNSUPPORTED)
+
+
 def run_worker(settings: Settings) -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM); exits non-zero on a bad model."""
     import faust
@@ -116,6 +138,7 @@ def run_worker(settings: Settings) -> None:
     )
     # A flush that outlasts its timer's interval is expected under load, not news.
     logging.getLogger("mode.timers").setLevel(logging.ERROR)
+    refuse_unsupported(settings)
     try:
         models = load_models(settings)
     except ModelError as exc:
