@@ -152,17 +152,9 @@ class WorkerSample:
 class WorkerProcess:
     """A `python -m riskstream worker` child with its own metrics port and log file."""
 
-    def __init__(
-        self,
-        topics: BenchTopics,
-        workdir: Path,
-        name: str,
-        fetch_max_wait_ms: int | None = None,
-    ) -> None:
-        """`fetch_max_wait_ms` runs the what-if worker (bench/patched_worker.py) instead."""
+    def __init__(self, topics: BenchTopics, workdir: Path, name: str) -> None:
         self.topics = topics
         self.name = name
-        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.metrics_port = free_port()
         self.log_path = workdir / f"{topics.app_id}-{name}.log"
         self.data_dir = workdir / f"{topics.app_id}-{name}-data"
@@ -183,9 +175,6 @@ class WorkerProcess:
             "RISKSTREAM_DATA_DIR": str(self.data_dir),
         }
         command = [sys.executable, "-m", "riskstream", "worker"]
-        if self.fetch_max_wait_ms is not None:
-            command = [sys.executable, str(BENCH_DIR / "patched_worker.py")]
-            environ["BENCH_FETCH_MAX_WAIT_MS"] = str(self.fetch_max_wait_ms)
         with self.log_path.open("ab") as log:
             self.started_at = time.time()
             self.process = subprocess.Popen(

@@ -52,7 +52,6 @@ class LatencyResult:
     stamped_ms: tuple[float, float, float]
     hop1_ms: tuple[float, float, float]
     hop2_ms: tuple[float, float, float]
-    fetch_max_wait_ms: int | None  # None: the product as is; else the what-if worker
 
 
 def _quantiles(values: np.ndarray) -> tuple[float, float, float]:
@@ -156,7 +155,7 @@ async def _measure(
     return runs
 
 
-def _result(rate: float, achieved: float, run: _Run, fetch_wait: int | None) -> LatencyResult:
+def _result(rate: float, achieved: float, run: _Run) -> LatencyResult:
     first = min(run.sent_at.values())
     measured = [e for e, at in run.sent_at.items() if at - first >= WARM_UP_SECONDS]
     scored = [e for e in measured if e in run.arrived_at]
@@ -174,7 +173,6 @@ def _result(rate: float, achieved: float, run: _Run, fetch_wait: int | None) -> 
         stamped_ms=_quantiles(stamped),
         hop1_ms=_quantiles(hop1),
         hop2_ms=_quantiles(hop2),
-        fetch_max_wait_ms=fetch_wait,
     )
 
 
@@ -195,10 +193,8 @@ def run_latency(
     rates: list[float],
     seconds: float,
     workdir: Path,
-    fetch_max_wait_ms: int | None = None,
 ) -> list[LatencyResult]:
-    """One worker, assigned before the first event is sent; one measurement per rate.
-    With `fetch_max_wait_ms`, the what-if worker of bench/patched_worker.py."""
+    """One worker, assigned before the first event is sent; one measurement per rate."""
     topic = f"bench-latency-{short_id()}"
     asyncio.run(ensure_topics(KafkaSettings(bootstrap_servers=bootstrap), {topic: PARTITIONS}))
     batches = []
@@ -210,7 +206,7 @@ def run_latency(
         batches.append((rate, _outgoing(dataset, topic, first, count)))
         first += count
     topics = BenchTopics(bootstrap, topic, f"{topic}-labels")
-    worker = WorkerProcess(topics, workdir, "latency", fetch_max_wait_ms).start()
+    worker = WorkerProcess(topics, workdir, "latency").start()
     try:
         _wait_ready(worker)
         runs = asyncio.run(_measure(bootstrap, topics, batches))
@@ -220,7 +216,7 @@ def run_latency(
     results = []
     for rate, achieved, run in runs:
         run.forwarded_ms = forwarded
-        results.append(_result(rate, achieved, run, fetch_max_wait_ms))
+        results.append(_result(rate, achieved, run))
     return results
 
 

@@ -3,9 +3,13 @@
 Each sample is charged to ONE layer: walking from the innermost frame outwards, the first
 frame that belongs to a layer decides. Plumbing that serves whoever called it (asyncio,
 mode's queues and futures, Faust's small types, aiokafka's connection and protocol encoding)
-belongs to no layer, so a socket write made by aiokafka's sender counts as producing and
-`FutureMessage.__init__` called by a changelog write counts as table bookkeeping. A sample
-with no layer frame at all is event-loop work (uvloop's C loop running callbacks).
+belongs to no layer, so a socket write made by aiokafka's sender counts as producing and the
+changelog records `TableWrites.send_changes` queues count as producing (`Outbox.add`). A
+sample with no layer frame at all is event-loop work (uvloop's C loop running callbacks).
+
+The worker hands each fetched partition batch to one batch handler (riskstream.batch_hook),
+which runs in a task of its own (`wait_first`): a handler's samples have the handler, not
+`BatchDrain._drain_messages`, at the bottom of their stack.
 
 Samples are taken with `--gil` (only the thread holding the GIL), which drops Faust's
 consumer thread while it waits in `select` and the main thread while uvloop waits in epoll.
@@ -19,22 +23,22 @@ import re
 from pathlib import Path
 
 OURS_FEATURES = "riskstream: per-event steps (decode, features, state bytes)"
-OURS_BATCH = "riskstream: micro-batch (ONNX, score records)"
-OURS_GLUE = "riskstream: agent glue (app.py)"
-FAUST_STREAM = "Faust stream machinery (agents, streams, conductor, acks)"
-FAUST_TABLES = "Faust tables (changelog bookkeeping)"
-PRODUCER = "producing (Faust producer + aiokafka sender)"
-CONSUMER = "consumer fetch (aiokafka thread + hand-off)"
+OURS_HANDLERS = "riskstream: batch handlers (stages, DLQ, watermarks)"
+OURS_SCORING = "riskstream: scoring (ONNX, score records, metrics)"
+TABLES = "table state (TableWrites; Faust stores, changelog recovery)"
+FAUST_STREAM = "Faust machinery (app, agents, conductor, sensors, services)"
+PRODUCER = "batched produce (outbox, aiokafka send_batch + sender)"
+CONSUMER = "consumer fetch (aiokafka thread + batch hand-off, acks, commits)"
 EVENT_LOOP = "event loop (uvloop, asyncio plumbing)"
 SCRAPE = "/metrics and /healthz (the benchmark's polling)"
 OTHER = "other"
 
 LAYERS = (
     OURS_FEATURES,
-    OURS_BATCH,
-    OURS_GLUE,
+    OURS_HANDLERS,
+    OURS_SCORING,
+    TABLES,
     FAUST_STREAM,
-    FAUST_TABLES,
     PRODUCER,
     CONSUMER,
     EVENT_LOOP,
@@ -50,13 +54,16 @@ RULES: tuple[tuple[str, str, str], ...] = (
     (OURS_FEATURES, "stream/features/", ""),
     (OURS_FEATURES, "stream/pipeline.py", ""),
     (OURS_FEATURES, "stream/contracts.py", ""),
-    (OURS_BATCH, "stream/batching.py", ""),
-    (OURS_BATCH, "stream/scoring.py", ""),
-    (OURS_BATCH, "stream/alerts.py", ""),
-    (OURS_BATCH, "stream/metrics.py", ""),
-    (OURS_BATCH, "onnxruntime/", ""),
-    (OURS_BATCH, "numpy/", ""),
-    (OURS_GLUE, "stream/app.py", ""),
+    (OURS_SCORING, "stream/batching.py", ""),
+    (OURS_SCORING, "stream/scoring.py", ""),
+    (OURS_SCORING, "stream/alerts.py", ""),
+    (OURS_SCORING, "stream/metrics.py", ""),
+    (OURS_SCORING, "onnxruntime/", ""),
+    (OURS_SCORING, "numpy/", ""),
+    (TABLES, "stream/table_writes.py", ""),
+    (OURS_HANDLERS, "stream/app.py", ""),
+    (OURS_HANDLERS, "stream/watermarks.py", ""),
+    (PRODUCER, "stream/outbox.py", ""),
     (PRODUCER, "faust/channels.py", "Channel.as_future_message"),
     (PRODUCER, "faust/channels.py", "Channel.publish_message"),
     (PRODUCER, "faust/topics.py", ""),
@@ -67,14 +74,17 @@ RULES: tuple[tuple[str, str, str], ...] = (
     (PRODUCER, "aiokafka/partitioner.py", ""),
     (PRODUCER, "aiokafka/record/default_records.py", "DefaultRecordBatchBuilder"),
     (PRODUCER, "aiokafka/record/", "_DefaultRecordBatchBuilder"),
+    (CONSUMER, "stream/batch_hook.py", ""),
+    (CONSUMER, "stream/faust_app.py", ""),
+    (CONSUMER, "stream/fetch_wait.py", ""),
     (CONSUMER, "faust/transport/consumer.py", ""),
     (CONSUMER, "faust/transport/drivers/aiokafka.py", ""),
     (CONSUMER, "aiokafka/consumer/", ""),
     (CONSUMER, "aiokafka/record/", ""),
     (CONSUMER, "mode/threads.py", ""),
-    (FAUST_TABLES, "faust/tables/", ""),
-    (FAUST_TABLES, "faust/stores/", ""),
-    (FAUST_TABLES, "mode/utils/collections.py", "ManagedUserDict"),
+    (TABLES, "faust/tables/", ""),
+    (TABLES, "faust/stores/", ""),
+    (TABLES, "mode/utils/collections.py", "ManagedUserDict"),
     (FAUST_STREAM, "faust/streams.py", ""),
     (FAUST_STREAM, "faust/channels.py", ""),
     (FAUST_STREAM, "faust/agents/", ""),
@@ -166,44 +176,82 @@ class ProfileSummary:
 # Activities whose inclusive cost motivates a concrete optimisation (see bench/README.md):
 # a sample counts for an activity when one of its functions is on the sample's stack, or
 # (second element) a frame of one of its files. Rows overlap: they are not meant to add up.
-CUSTOMER_WRITE = "  its customer-table write + changelog"
-TERMINAL_WRITE = "  its terminal-table write + changelog"
+# Function names are py-spy's qualified names (Python 3.11+: `Class.method`, `f.<locals>.g`).
+CUSTOMER_STAGE = "FraudHop.customer_stage_handler.<locals>.customer_stage"
+TERMINAL_STAGE = "FraudHop.terminal_stage_handler.<locals>.terminal_stage"
+CUSTOMER_WRITE = "  its customer-table writes + changelog records (TableWrites)"
+TERMINAL_WRITE = "  its terminal-table writes + changelog records (TableWrites)"
 ACTIVITIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "stage 1 agent body (fraud_customer_stage)": (
-        ("_wire_fraud.<locals>.fraud_customer_stage",),
-        (),
-    ),
+    "stage 1 batch handler (FraudHop: customer_stage)": ((CUSTOMER_STAGE,), ()),
     "  its per-event step (ingest_transaction)": (("ingest_transaction",), ()),
     CUSTOMER_WRITE: ((), ()),
-    "  its forward to the by-terminal topic": (("_wire_fraud.<locals>.forward",), ()),
-    "stage 2 agent body (fraud_terminal_stage)": (
-        ("_wire_fraud.<locals>.fraud_terminal_stage",),
+    "  its forwards to the by-terminal topic (FraudHop.forward)": (("FraudHop.forward",), ()),
+    "stage 2 batch handler (FraudHop: terminal_stage)": ((TERMINAL_STAGE,), ()),
+    "  its per-event step, hold queue included (TerminalBatch.take)": (
+        ("TerminalBatch.take",),
         (),
     ),
-    "  its per-event step (terminal_stage)": (("terminal_stage",), ()),
+    "    of which the terminal step (terminal_stage)": (("terminal_stage",), ()),
     TERMINAL_WRITE: ((), ()),
-    "micro-batch flush (stage 2 or timer): ONNX, score sends, acks": (("MicroBatcher.flush",), ()),
-    "Faust stream iteration in both agents (Stream._c_aiter)": (("Stream._c_aiter",), ()),
-    "Faust fetch hand-off in the main thread (Consumer._drain_messages)": (
-        ("Consumer._drain_messages",),
+    "  its scoring: ONNX, score records, alerts (BatchScorer.score_into)": (
+        ("BatchScorer.score_into",),
         (),
     ),
-    "aiokafka consumer thread (WorkerThread.run)": (("WorkerThread.run",), ()),
-    "Faust sensors (Monitor: per-message statistics)": ((), ("faust/sensors/",)),
-    "all table writes incl. changelog (ManagedUserDict.__setitem__)": (
-        ("ManagedUserDict.__setitem__",),
+    "labels batch handler (FraudHop: label_forwarder)": (
+        ("FraudHop.label_handler.<locals>.label_forwarder",),
         (),
     ),
-    "Faust changelog buffer task (ProducerBuffer._handle_pending)": (
-        ("ProducerBuffer._handle_pending",),
+    "dead letters (Stages.dead_letter)": (("Stages.dead_letter",), ()),
+    "publishing a batch: outbox send + ack callbacks (Stages.publish)": (
+        ("Stages.publish",),
         (),
     ),
-    "every record sent: aiokafka AIOKafkaProducer.send": (("AIOKafkaProducer.send",), ()),
+    "records queued in outboxes (Outbox.add, partitioner included)": (("Outbox.add",), ()),
+    "  of which choosing key partitions (_KeyPartitions.__call__)": (
+        ("_KeyPartitions.__call__",),
+        (),
+    ),
+    "outbox batches built and handed to aiokafka (Outbox._send_partition)": (
+        ("Outbox._send_partition",),
+        (),
+    ),
+    "per-record sends left (AIOKafkaProducer.send: watermark reports)": (
+        ("AIOKafkaProducer.send",),
+        (),
+    ),
     "aiokafka sender task: produce requests (Sender)": (
         ("Sender._sender_routine", "Sender._send_produce_req"),
         (),
     ),
     "  of which socket writes (StreamWriter.write)": (("StreamWriter.write",), ()),
+    "batch drain loop in the main thread, handlers apart (BatchDrain._drain_messages)": (
+        ("BatchDrain._drain_messages",),
+        (),
+    ),
+    "  of which fetch hand-off from the consumer thread (BatchDrain._next_batches)": (
+        ("BatchDrain._next_batches",),
+        (),
+    ),
+    "  of which hand-off to a handler (BatchDrain._deliver_batch)": (
+        ("BatchDrain._deliver_batch",),
+        (),
+    ),
+    "offset acks once delivered (ack_when_delivered, BatchDrain.ack_offsets)": (
+        (
+            "ack_when_delivered",
+            "ack_when_delivered.<locals>.done",
+            "ack_when_delivered.<locals>.finish",
+            "BatchDrain.ack_offsets",
+        ),
+        (),
+    ),
+    "aiokafka consumer thread (WorkerThread.run)": (("WorkerThread.run",), ()),
+    "Faust sensors (Monitor)": ((), ("faust/sensors/",)),
+    "all table writes (TableWrites.__setitem__)": (("TableWrites.__setitem__",), ()),
+    "all changelog records queued (TableWrites.send_changes)": (
+        ("TableWrites.send_changes",),
+        (),
+    ),
 }
 
 
@@ -216,11 +264,12 @@ def _activities(frames: list[Frame]) -> set[str]:
         if functions.intersection(wanted_functions)
         or any(file.startswith(wanted_files) for file in files if wanted_files)
     }
-    # A table write is the customer's or the terminal's by the pipeline function above it.
-    if "ManagedUserDict.__setitem__" in functions:
-        if "ingest_transaction" in functions:
+    # A table write or changelog record is the customer's or the terminal's by the handler
+    # it runs under.
+    if functions.intersection(("TableWrites.__setitem__", "TableWrites.send_changes")):
+        if CUSTOMER_STAGE in functions:
             found.add(CUSTOMER_WRITE)
-        if "terminal_stage" in functions:
+        if TERMINAL_STAGE in functions:
             found.add(TERMINAL_WRITE)
     return found
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from common import Spread
-from latency import LatencyResult
 from profiling import ACTIVITIES, LAYERS, summarise
 from rich.console import Console
 from rich.markup import escape
@@ -148,7 +147,7 @@ def _targets(results: dict) -> list[tuple[str, str, str, bool]]:
             two / one >= TARGET_SCALING,
         ),
     ]
-    for latency in _product_latency(results):
+    for latency in results["latency"]:
         rows.append(
             (
                 f"p99 event-to-score < {TARGET_P99_MS:.0f} ms at {latency.rate:,.0f} events/s",
@@ -180,10 +179,6 @@ def _targets(results: dict) -> list[tuple[str, str, str, bool]]:
     return rows
 
 
-def _product_latency(results: dict) -> list[LatencyResult]:
-    return [r for r in results["latency"] if r.fetch_max_wait_ms is None]
-
-
 def _targets_table(results: dict) -> Table:
     table = Table(title="Targets", title_justify="left")
     for column in ("target", "measured", "from", "met"):
@@ -199,7 +194,6 @@ def _latency_table(results: dict) -> Table:
         title_justify="left",
     )
     columns = (
-        "worker",
         "offered/s",
         "achieved/s",
         "events",
@@ -210,15 +204,9 @@ def _latency_table(results: dict) -> Table:
         "hop 2: stage 1 → score",
     )
     for column in columns:
-        table.add_column(column, justify="left" if column == "worker" else "right")
+        table.add_column(column, justify="right")
     for r in results["latency"]:
-        worker = (
-            "as shipped"
-            if r.fetch_max_wait_ms is None
-            else f"what-if: Faust fetch wait {r.fetch_max_wait_ms} ms"
-        )
         table.add_row(
-            worker,
             f"{r.rate:,.0f}",
             f"{r.achieved_rate:,.0f}",
             f"{r.events:,}",

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from riskstream.broker import EmbeddedBroker
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
-WHAT_IF_FETCH_WAIT_MS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +44,6 @@ class Plan:
     terminals: int
     out: Path
     quick: bool
-    what_if_fetch_wait_ms: int | None
 
     @property
     def drain_timeout(self) -> float:
@@ -59,10 +57,8 @@ def _plan(
     rates: tuple[float, ...],
     latency_seconds: float | None,
     out: Path | None,
-    what_if: bool | None,
 ) -> Plan:
     folder = out or Path(tempfile.mkdtemp(prefix="riskstream-bench-"))
-    with_what_if = (not quick) if what_if is None else what_if
     folder.mkdir(parents=True, exist_ok=True)
     return Plan(
         events=events or (2_000 if quick else 20_000),
@@ -73,7 +69,6 @@ def _plan(
         terminals=1_000 if quick else 10_000,
         out=folder,
         quick=quick,
-        what_if_fetch_wait_ms=WHAT_IF_FETCH_WAIT_MS if with_what_if else None,
     )
 
 
@@ -179,24 +174,18 @@ def _worker_runs(
 
 
 def _latency(plan: Plan, console: Console, bootstrap: str, dataset: Dataset) -> list:
-    """The product as shipped, then (unless switched off) the fetch-wait what-if."""
+    """The product as shipped, one worker, at each offered rate."""
     from latency import run_latency
 
-    what_if = [plan.what_if_fetch_wait_ms] if plan.what_if_fetch_wait_ms else []
-    results = []
-    for fetch_wait in [None, *what_if]:
-        what = "" if fetch_wait is None else f" (what-if: fetch wait {fetch_wait} ms)"
-        rates = ", ".join(f"{r:.0f}" for r in plan.rates)
-        with console.status(f"latency at {rates} events/s{what}…"):
-            results += run_latency(
-                bootstrap=bootstrap,
-                dataset=dataset,
-                rates=list(plan.rates),
-                seconds=plan.latency_seconds,
-                workdir=plan.out,
-                fetch_max_wait_ms=fetch_wait,
-            )
-    return results
+    rates = ", ".join(f"{r:.0f}" for r in plan.rates)
+    with console.status(f"latency at {rates} events/s…"):
+        return run_latency(
+            bootstrap=bootstrap,
+            dataset=dataset,
+            rates=list(plan.rates),
+            seconds=plan.latency_seconds,
+            workdir=plan.out,
+        )
 
 
 @click.command()
@@ -220,12 +209,6 @@ def _latency(plan: Plan, console: Console, bootstrap: str, dataset: Dataset) -> 
     help="Seconds of traffic per latency rate [12; quick 3].",
 )
 @click.option(
-    "--what-if/--no-what-if",
-    default=None,
-    help=f"Also measure latency with Faust's fetch wait cut to {WHAT_IF_FETCH_WAIT_MS} ms "
-    "(bench/patched_worker.py) [on; off with --quick].",
-)
-@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for results.json, report.txt, worker logs, the raw profile [new temp folder].",
@@ -236,13 +219,12 @@ def main(
     repeat: int | None,
     rates: tuple[float, ...],
     latency_seconds: float | None,
-    what_if: bool | None,
     out: Path | None,
 ) -> None:
     """Measure riskstream against a plain-aiokafka ceiling and print one table."""
     from report import render, to_json
 
-    plan = _plan(quick, events, repeat, rates, latency_seconds, out, what_if)
+    plan = _plan(quick, events, repeat, rates, latency_seconds, out)
     console = Console(record=True, width=160)
     started = time.monotonic()
     results = run(plan, console)
