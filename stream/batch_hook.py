@@ -20,8 +20,9 @@ The rules this module keeps:
   - A rebalance sets Faust's `suspend_flow`: the handler running is cancelled, what it produced
     for offsets it did not acknowledge is read again by the partition's next owner, and the
     rest of the fetch is dropped (Faust seeks every partition to its committed offset).
-  - Records of a partition sought after they were fetched are never handed on (see the
-    "Re-delivery after a seek" notes in riskstream.faust_app).
+  - Records of a partition sought after they were fetched, or paused or revoked meanwhile (a
+    fetch can outlive a rebalance), are never handed on; the partition is read again from its
+    committed offset (see the "Re-delivery after a seek" notes in riskstream.faust_app).
 Pinned by tests/test_batch_hook.py (unit) and by every replay and reliability test.
 """
 
@@ -72,10 +73,10 @@ class BatchDrain:
                 for tp, records in batches:
                     if not self._may_deliver() or self.app.consumer_generation_id != generation:
                         break  # a rebalance started: the rest is read again from the commits
-                    if self._sought_since(tp, seeks):
+                    handler = handlers.get(tp.topic)
+                    if self._sought_since(tp, seeks) or (handler and not self._readable(tp)):
                         stale.add(tp)
                         continue
-                    handler = handlers.get(tp.topic)
                     if handler is None:
                         await self._deliver_each(tp, records, seeks)
                     else:
@@ -93,6 +94,13 @@ class BatchDrain:
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _readable(self, tp: Any) -> bool:
+        """Whether tp is owned and not paused now. A fetch can outlive a rebalance: records of
+        a source partition fetched before it must not reach a handler while its table
+        partition recovers (paused) or after it moved, or they are scored from state that is
+        not there yet (a score 0.83 off in the join/leave test)."""
+        return tp in self._owned and tp not in self._paused_partitions
 
     def _may_deliver(self) -> bool:
         return bool(self.flow_active) and not self.suspend_flow.is_set()

@@ -196,6 +196,11 @@ class _Consumer(BatchDrain, faust_aiokafka.Consumer):
         """Records fetched before a seek are dropped (riskstream.batch_hook); they may also be
         records read from the new position, so the partitions are read again from the commit."""
         self._count_seeks(partitions)
+        _log.info(
+            "reading %s again from the committed offset: records fetched before a seek or a "
+            "rebalance are not handed on",
+            sorted(f"{tp.topic}:{tp.partition}" for tp in partitions),
+        )
         client = self._thread._ensure_consumer()
         await self._thread.call_thread(_seek_back_to_committed, client, partitions)
 

@@ -158,6 +158,7 @@ def test_messages_fetched_again_after_a_seek_are_delivered_again(batch_path: boo
         delivered.append(message.offset)
 
     async def drain() -> None:
+        consumer._owned = frozenset({tp})
         consumer._wait_next_records = wait_next_records
         consumer.callback = deliver
         app.batch_handlers = {"by-terminal": handle} if batch_path else {}
@@ -182,6 +183,45 @@ def test_a_batch_is_acknowledged_only_by_its_handler_and_commits_in_order() -> N
     assert consumer._new_offset(tp) == 5
     consumer._owned = frozenset()  # revoked
     assert consumer.ack_offsets(tp, [5]) == 0
+
+
+@pytest.mark.parametrize("moved", ["paused", "revoked"])
+def test_records_of_a_partition_paused_or_revoked_after_the_fetch_are_read_again(
+    moved: str,
+) -> None:
+    """A fetch can outlive a rebalance: records of a source partition fetched before it must
+    not reach a handler while the partition's table state recovers (paused) or after the
+    partition moved; scored then, they see state that is not there yet."""
+    app = faust_app(Settings.from_env({}), partitions=4)
+    consumer = app.consumer
+    tp = TP("transactions", 0)
+    client = _FakeClient(3)
+    consumer._thread = _FakeThread([{tp: [10, 11]}], client)
+    consumer._active_partitions = None  # the fetch was asked for before the rebalance
+    consumer._owned = frozenset({tp})
+    delivered: list[int] = []
+    fetcher = _Fetcher()
+
+    async def wait_next_records(timeout: float) -> Any:
+        records = await consumer._getmany({tp}, timeout)
+        if moved == "paused":  # the rebalance ran while the fetch was out
+            consumer._paused_partitions.add(tp)
+        else:
+            consumer._owned = frozenset()
+        fetcher._stopped.set()
+        return records, {tp}
+
+    async def handle(partition: TP, records: list[ConsumerRecord]) -> None:
+        delivered.extend(record.offset for record in records)
+
+    async def drain() -> None:
+        app.batch_handlers = {"transactions": handle}
+        consumer._wait_next_records = wait_next_records
+        await consumer._drain_messages(fetcher)
+
+    app.loop.run_until_complete(drain())
+    assert delivered == []
+    assert client.seeks == [("transactions", 0, 3)], "read again from the committed offset"
 
 
 class _FakeClient:
@@ -243,6 +283,7 @@ def test_records_fetched_before_a_seek_are_not_handed_on_after_it(
         [{first: [10, 11], sought: [10, 11, 12, 13]}, {sought: [5, 6, 7]}], client
     )
     consumer._active_partitions = {first, sought}  # assigned and resumed
+    consumer._owned = frozenset({first, sought})
     delivered: list[tuple[int, int]] = []
     fetcher = _Fetcher()
 
