@@ -315,6 +315,7 @@ def faust_app(settings: Settings, partitions: int) -> faust.App:
         broker_rebalance_timeout=worker.rebalance_timeout_s,
         broker_heartbeat_interval=worker.heartbeat_interval_s,
         producer_linger=worker.linger_ms / 1000.0,
+        broker_commit_interval=worker.commit_interval_s,
         table_standby_replicas=worker.standby_replicas,
         # On a rebalance, commit what is acked and move on instead of waiting for every event
         # in flight: the terminal stage holds transactions unacked until slower partitions

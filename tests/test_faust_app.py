@@ -54,8 +54,14 @@ def test_the_app_uses_the_fixed_consumer_and_the_configured_fetch_wait() -> None
     assert app.conf.producer_linger == pytest.approx(0.040)
     assert app.conf.stream_wait_empty is False, "a rebalance must not wait for held events"
     assert app.conf.table_standby_replicas == 0, "no standby reads unless asked for"
-    standby = faust_app(Settings.from_env({"RISKSTREAM_STANDBY_REPLICAS": "1"}), partitions=4)
+    # A redelivery must stay within a day of a customer's event time (see config): commit often.
+    assert app.conf.broker_commit_interval == pytest.approx(0.5)
+    other = Settings.from_env(
+        {"RISKSTREAM_STANDBY_REPLICAS": "1", "RISKSTREAM_COMMIT_INTERVAL_S": "2"}
+    )
+    standby = faust_app(other, partitions=4)
     assert standby.conf.table_standby_replicas == 1
+    assert standby.conf.broker_commit_interval == pytest.approx(2.0)
 
 
 async def _publish(bootstrap: str, topic: str, batches: list[tuple[int, int]]) -> None:
