@@ -10,7 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from riskstream.outbox import Outbox, Publisher
+from riskstream.outbox import SMALL, Outbox, Publisher
 
 
 async def _create(bootstrap: str, topic: str, partitions: int) -> None:
@@ -90,6 +90,12 @@ def test_every_delivery_is_checked() -> None:
             return Batch()
 
         async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
+            return self._failed()
+
+        async def send(self, topic: str, value: bytes, *, key: bytes, partition: int) -> Any:
+            return self._failed()
+
+        def _failed(self) -> asyncio.Future:
             future = asyncio.get_running_loop().create_future()
             future.set_exception(RuntimeError("broker said no"))
             return future
@@ -100,9 +106,11 @@ def test_every_delivery_is_checked() -> None:
         outbox = Outbox(
             Publisher(Producer(), lambda topic, f: checked.append((topic, str(f.exception()))))
         )
-        outbox.add("scores", b"k", b"v", partition=0)
+        outbox.add("scores", b"k", b"v", partition=0)  # a few records: send()
+        for _ in range(SMALL):  # many: one Kafka batch
+            outbox.add("alerts", b"k", b"v", partition=0)
         await outbox.send()
         await asyncio.sleep(0)
 
     asyncio.run(scenario())
-    assert checked == [("scores", "broker said no")]
+    assert checked == [("scores", "broker said no"), ("alerts", "broker said no")]
