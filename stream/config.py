@@ -1,6 +1,7 @@
 """Configuration from the environment (12-factor); CLI flags override by passing values in.
 
-Every setting has a documented default here and in the README; nothing else reads os.environ.
+Every setting has a documented default here and in docs/configuration.md; nothing else
+reads os.environ.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 - Scale out and in: a second worker joins mid-stream and later leaves with SIGTERM: the same.
 
 The offline reference is `compute_fraud_features` over the whole history plus the shipped
-model. Two choices keep these tests about recovery and nothing else (see the README's
-Reliability section): every customer pays at a terminal of its own, so a terminal's
+model. Two choices keep these tests about recovery and nothing else (see
+docs/reliability.md): every customer pays at a terminal of its own, so a terminal's
 transactions all come through one customer partition, in order; and the fraud labels are
 published, and forwarded, before the transactions (a label that arrives early is harmless, one
 that arrives late is not). A backlog read across several customer partitions can otherwise run

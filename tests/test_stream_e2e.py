@@ -193,7 +193,7 @@ class HandbookRun:
 def handbook_run(kafka_bootstrap: str, handbook_csv: Path, tmp_path_factory) -> HandbookRun:
     workdir = tmp_path_factory.mktemp("handbook-stream")
     # A replay is throughput work: fuller produce requests save CPU in the workers and the
-    # broker (README, Configuration); latency is not what these tests measure. (With the
+    # broker (docs/configuration.md); latency is not what these tests measure. (With the
     # default 5 ms linger the lone worker's fixture takes 629 s instead of 388 s: the embedded
     # broker lists a partition's batches on every fetch. The starvation that small batches
     # caused is pinned by tests/test_fetch_wait.py and tests/test_stall_health.py.)
