@@ -585,9 +585,9 @@ class FraudHop:
         follow the forwards it covers (riskstream.watermarks)."""
         offsets = [record.offset for record in records]
         await self.stages.publish(tp, offsets, outbox)
-        source = (tp.topic, tp.partition)
-        for offset, event_time in zip(offsets, times, strict=True):
-            self.clocks.processed(source, offset, event_time)
+        forwarded = [event_time for event_time in times if event_time is not None]
+        newest = max(forwarded) if forwarded else None  # the clock keeps the newest anyway
+        self.clocks.processed((tp.topic, tp.partition), offsets[-1], newest)
         self.stages.progress.saw(tp.topic, tp.partition, offsets[-1])
 
     def terminal_stage_handler(self, terminals: Any, scorer: BatchScorer) -> BatchHandler:

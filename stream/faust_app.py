@@ -35,8 +35,8 @@ offset, and records fetched before the seek then move it far ahead again; the se
 re-fetch from the committed offset is dropped up to there. Whatever of the first delivery was
 not processed (seen: a SIGKILL test where 137 transactions forwarded just before the kill were
 never scored by the next three worker processes, the group's commit stuck before them) was
-then lost until the next restart. `_Consumer` never drops on the read offset: every fetched
-message is handed on, so a seek can only cause repeats, which riskstream's idempotent steps
+then lost until the next restart. riskstream's drain loop (riskstream.batch_hook) never
+drops on the read offset: every fetched message is handed on, so a seek can only cause repeats, which riskstream's idempotent steps
 and alert ids absorb. And records of a partition sought after they were fetched are not
 handed on at all: out of order behind the seek's re-fetch they put a customer's later
 transaction before earlier ones (seen: a score 0.059 off in a SIGKILL run); the partition is
@@ -164,19 +164,11 @@ async def _seek_back_to_committed(client: aiokafka.AIOKafkaConsumer, partitions:
             )
 
 
-class _NoReadOffsets(dict):
-    """Faust's read offsets, with every lookup answering "nothing read yet" (module notes)."""
-
-    def __getitem__(self, tp: Any) -> None:
-        return None
-
-
 class _Consumer(BatchDrain, faust_aiokafka.Consumer):
     _owned: frozenset[Any] = frozenset()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._read_offset = _NoReadOffsets()
         self._seeks: dict[Any, int] = {}  # per partition: how many seeks so far
         self._init_batch_drain()
 
