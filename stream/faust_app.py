@@ -36,11 +36,11 @@ re-fetch from the committed offset is dropped up to there. Whatever of the first
 not processed (seen: a SIGKILL test where 137 transactions forwarded just before the kill were
 never scored by the next three worker processes, the group's commit stuck before them) was
 then lost until the next restart. riskstream's drain loop (riskstream.batch_hook) never
-drops on the read offset: every fetched message is handed on, so a seek can only cause repeats, which riskstream's idempotent steps
-and alert ids absorb. And records of a partition sought after they were fetched are not
-handed on at all: out of order behind the seek's re-fetch they put a customer's later
-transaction before earlier ones (seen: a score 0.059 off in a SIGKILL run); the partition is
-read again from its committed offset instead.
+drops on the read offset: every fetched message is handed on, so a seek can only cause
+repeats, which riskstream's idempotent steps and alert ids absorb. And records of a
+partition sought after they were fetched are not handed on at all: out of order behind the
+seek's re-fetch they put a customer's later transaction before earlier ones (seen: a score
+0.059 off in a SIGKILL run); the partition is read again from its committed offset instead.
 
 Fetch wait. faust-streaming 0.15 creates its aiokafka consumer with `fetch_max_wait_ms=1500`
 written into the driver (faust/transport/drivers/aiokafka.py), not taken from a setting. A
