@@ -23,7 +23,7 @@ The rules this module keeps:
   - Records of a partition sought after they were fetched, or paused or revoked meanwhile (a
     fetch can outlive a rebalance), are never handed on; the partition is read again from its
     committed offset (see the "Re-delivery after a seek" notes in riskstream.faust_app).
-Pinned by tests/test_batch_hook.py (unit) and by every replay and reliability test.
+Pinned by the drain-loop tests in tests/test_faust_app.py and by every replay and reliability test.
 """
 
 from __future__ import annotations

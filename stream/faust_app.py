@@ -67,6 +67,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from riskstream.batch_hook import BatchDrain, BatchHandler
+from riskstream.commit_on_revoke import CommitOnRevoke
 from riskstream.config import Settings
 from riskstream.fetch_wait import DEFAULT_CEILING_MS, AdaptiveFetchWait
 from riskstream.kafka import faust_credentials, fetched_highwaters
@@ -164,7 +165,7 @@ async def _seek_back_to_committed(client: aiokafka.AIOKafkaConsumer, partitions:
             )
 
 
-class _Consumer(BatchDrain, faust_aiokafka.Consumer):
+class _Consumer(CommitOnRevoke, BatchDrain, faust_aiokafka.Consumer):
     _owned: frozenset[Any] = frozenset()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -200,6 +201,7 @@ class _Consumer(BatchDrain, faust_aiokafka.Consumer):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        await self.commit_before_revoke()  # Faust forgets the acknowledgements next
         self._owned = self._owned - frozenset(revoked)  # before the revoke handlers ack
         self.forget_batches(revoked)
         await super().on_partitions_revoked(revoked)
