@@ -47,7 +47,7 @@ from riskstream.faust_app import RiskstreamApp, faust_app
 from riskstream.features import fraud as fraud_features
 from riskstream.outbox import Outbox, Publisher
 from riskstream.table_writes import TableWrites
-from riskstream.watermarks import CAUGHT_UP, HoldQueue, SourceClocks
+from riskstream.watermarks import CAUGHT_UP, UNKNOWN, HoldQueue, SourceClocks
 
 log = logging.getLogger("riskstream.worker")
 
@@ -501,10 +501,11 @@ def _wire_fraud(stages: Stages, model: Any, partitions: dict[str, int]) -> None:
         await hop.report_watermarks(source_topics)
 
     @app.on_partitions_revoked.connect
-    async def drop_held(sender: faust.App, revoked: Any, **kwargs: Any) -> None:
+    async def forget_revoked(sender: faust.App, revoked: Any, **kwargs: Any) -> None:
         """Held transactions of a partition that moves are not acked: its new owner reads
-        them again from the last commit, with the watermarks that follow them."""
-        hop.drop_held(revoked)
+        them again from the last commit, with the watermarks that follow them. A source
+        partition's clock starts anew with its next reader."""
+        hop.forget(revoked)
 
 
 Held = tuple[Any, pipeline.ForwardedTransaction]  # (the record that brought it, the transaction)
@@ -584,10 +585,13 @@ class FraudHop:
         """Publish stage 1's batch, then move the source's clock: a watermark report may only
         follow the forwards it covers (riskstream.watermarks)."""
         offsets = [record.offset for record in records]
+        source = (tp.topic, tp.partition)
+        if not self.clocks.announced(source):  # before this reader's first forward
+            await self.report(source, UNKNOWN)
         await self.stages.publish(tp, offsets, outbox)
         forwarded = [event_time for event_time in times if event_time is not None]
         newest = max(forwarded) if forwarded else None  # the clock keeps the newest anyway
-        self.clocks.processed((tp.topic, tp.partition), offsets[-1], newest)
+        self.clocks.processed(source, offsets[-1], newest)
         self.stages.progress.saw(tp.topic, tp.partition, offsets[-1])
 
     def terminal_stage_handler(self, terminals: Any, scorer: BatchScorer) -> BatchHandler:
@@ -633,7 +637,8 @@ class FraudHop:
             if self.clocks.should_send(source, value, time.monotonic()):
                 await self.report(source, value)
 
-    def drop_held(self, revoked: Any) -> None:
+    def forget(self, revoked: Any) -> None:
+        self.clocks.forget((tp.topic, tp.partition) for tp in revoked)
         for tp in revoked:
             if tp.topic == self.topic:
                 self.queues.pop(tp.partition, None)

@@ -25,6 +25,11 @@ Conventions:
     hold everything forever, and a live stream would wait for the next label.
   - The latest report wins (a partition that was caught up and receives new events reports a
     finite time again); a stage-2 partition that has not heard from every source holds.
+  - A new reader of a source partition (after a start, a crash or a rebalance) withdraws its
+    predecessor's last report before its first forward: it reports UNKNOWN first. Otherwise a
+    "caught up" from before a crash vouched for the backlog read after it, and transactions
+    were scored before the labels of a slower partition (28 scores off in a SIGKILL run with
+    shared terminals and interleaved labels).
   - In live traffic nothing is held: transactions at t ≈ now need reports past now − d.
   - A transaction too late to be stored (decided by stage 1, see
     fraud.customer_is_too_late) is scored from the terminal state as it arrived: it waits
@@ -101,6 +106,19 @@ class SourceClocks:
     def sent(self, source: Source, value: float, now: float) -> None:
         progress = self._sources.setdefault(source, _SourceProgress())
         progress.sent, progress.sent_at = value, now
+
+    def announced(self, source: Source) -> bool:
+        """Whether this reader of the source partition has sent its first report. Until it
+        has, stage 2 may still hold a report of the partition's previous reader (before a
+        crash or a rebalance), and that one can say "caught up" of a partition now read again
+        from its commit, with a backlog behind it."""
+        progress = self._sources.get(source)
+        return progress is not None and progress.sent is not None
+
+    def forget(self, sources: Iterable[Source]) -> None:
+        """Partitions revoked: whoever reads them next, this worker included, starts anew."""
+        for source in sources:
+            self._sources.pop(source, None)
 
     def retain(self, owned: Iterable[Source]) -> None:
         """Forget partitions this worker no longer owns; a new owner starts from the commit."""

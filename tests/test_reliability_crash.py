@@ -181,15 +181,23 @@ def assert_all_scored_as_offline(
     assert set(scores) == set(expected), "scores for events that were never sent"
     worst, off = 0.0, []
     for event, raws in scores.items():
-        for raw in raws:
+        for delivery, raw in enumerate(raws, start=1):
             record = contracts.decode_score(raw)
             difference = abs(record.score - expected[event])
             worst = max(worst, difference)
             if difference > TOLERANCE:
-                off.append((difference, event, record.event_timestamp, record.entity_id))
+                off.append(
+                    (
+                        round(difference, 6),
+                        event,
+                        record.event_timestamp,
+                        f"stream {record.score:.4f} offline {expected[event]:.4f}",
+                        f"delivery {delivery} of {len(raws)}",
+                    )
+                )
     assert worst <= TOLERANCE, (
         f"largest difference to offline: {worst:.3g}; {len(off)} score records off, "
-        f"the largest (difference, event, time, customer): {sorted(off, reverse=True)[:8]}"
+        f"the largest: {sorted(off, reverse=True)[:8]}"
     )
     records = sum(len(raws) for raws in scores.values())
     return records, records - len(scores)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
+import types
+from typing import Any
+
+from faust.types import TP
 
 from riskstream import pipeline
+from riskstream.app import FraudHop
 from riskstream.features import fraud
 from riskstream.watermarks import CAUGHT_UP, UNKNOWN, HoldQueue, SourceClocks
 
@@ -180,3 +186,45 @@ def test_a_too_late_transaction_waits_behind_those_held_before_it_at_its_termina
     queue.mark(TX0, CAUGHT_UP)
     assert queue.release() == ["on time, T1, older", "on time, T1", "too late, T1"]
     assert queue.ready(2 * DAY, "T1"), "nothing held at T1 any more"
+
+
+def test_a_new_reader_withdraws_its_predecessors_report_before_its_first_forward() -> None:
+    """A "caught up" sent before a crash stayed the latest word on its partition while the
+    restarted worker forwarded the backlog, so stage 2 scored transactions before the labels
+    of a slower partition (28 scores off in a SIGKILL run). The first thing a new reader
+    sends is UNKNOWN; forwards follow it."""
+    sent: list[tuple[str, Any]] = []
+
+    class Producer:
+        async def send(self, topic: str, key: Any, value: bytes, *rest: Any) -> Any:
+            sent.append(("report", pipeline.decode_forwarded(value).time))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    class Stages:
+        app = types.SimpleNamespace(producer=Producer())
+        progress = types.SimpleNamespace(saw=lambda *args: None)
+        metrics = types.SimpleNamespace(set_held=lambda held: None)
+
+        async def publish(self, tp: Any, offsets: list[int], outbox: Any) -> None:
+            sent.append(("forwards", offsets))
+
+    hop = FraudHop(Stages(), "by-terminal", 1, [TX0])  # type: ignore[arg-type]
+    tp, records = TP("transactions", 0), [types.SimpleNamespace(offset=o) for o in (5, 6)]
+
+    async def two_batches_then_a_revocation_then_one() -> None:
+        await hop._forwarded(tp, records, [DAY, 2 * DAY], None)  # type: ignore[arg-type]
+        await hop._forwarded(tp, records, [3 * DAY, None], None)  # type: ignore[arg-type]
+        hop.forget([tp])
+        await hop._forwarded(tp, records, [DAY, None], None)  # type: ignore[arg-type]
+
+    asyncio.run(two_batches_then_a_revocation_then_one())
+    assert sent == [
+        ("report", UNKNOWN),
+        ("forwards", [5, 6]),
+        ("forwards", [5, 6]),
+        ("report", UNKNOWN),
+        ("forwards", [5, 6]),
+    ]
+    assert hop.clocks.announced(TX0)
