@@ -299,7 +299,8 @@ def infer_schema(
     min_category_rows: int = MIN_CATEGORY_ROWS,
 ) -> TabularSchema:
     """Categories and ranges from the fitting rows (a category only validation rows hold would
-    get an embedding nothing trained); `nullable` from every training row."""
+    get an embedding nothing trained); `nullable` from the rows of `nullable_mask` (every row of
+    the file: a missing value anywhere in it is a value the model must take)."""
     columns = []
     for name, column_values in values.items():
         if kinds[name] == NUMERIC:
@@ -581,7 +582,8 @@ def prepare_training_table(
     spec, notes = set_aside_identifiers(table, spec, kinds)
     names = feature_names(table, spec)
     values = parse_values(table, names, kinds, row_numbers)
-    schema = infer_schema(values, kinds, is_fit, training, min_category_rows)
+    every_row = np.ones(table.n_rows, dtype=bool)
+    schema = infer_schema(values, kinds, is_fit, every_row, min_category_rows)
     status("encoding rows")
     rows = encode_rows(table, spec, schema, values, labels, exposure, timestamps)
     return PreparedTable(

@@ -2,7 +2,8 @@
 inside the model, so the exported ONNX takes the raw encoded values the stream produces.
 
 Per numeric column, from the fitting rows only:
-- NaN → the training median, plus a 0/1 missing indicator for the columns that can be missing;
+- NaN → the training median, plus a 0/1 missing indicator for the columns missing in some
+  fitting rows (elsewhere an indicator would keep its random initial weight);
 - clipped to the range seen in training (a serving value far outside cannot blow up);
 - one standardised scalar, on a signed-log scale when the column is heavy-tailed (credit
   utilisation in the thousands, the 96/98 sentinel past-due counts), via `log_column_mask`;
@@ -135,7 +136,7 @@ def preprocessing_for(
             continue
         numeric.append(j)
         present = x[:, j][~np.isnan(x[:, j])]
-        if column.nullable:
+        if present.size < x.shape[0]:  # an indicator only where fitting rows teach it
             indicators.append(j)
         if present.size:
             fill[j] = float(np.median(present))

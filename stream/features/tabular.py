@@ -27,7 +27,7 @@ worker dead-letters with it; the codes follow ``riskstream.contracts``' vocabula
 
 - ``not_object``          the record is not a mapping of feature names to values
 - ``missing_feature``     a schema column is absent from the record (extra keys are ignored)
-- ``null_feature``        a value is null/NaN in a column that was never missing in training
+- ``null_feature``        a value is null/NaN in a column never missing in the training file
                           (the model has no learned meaning for it; the card says which columns
                           are ``nullable``)
 - ``wrong_type``          a numeric column got a string, a bool or anything but a number; a
@@ -108,7 +108,7 @@ class ColumnSpec:
 
     name: str
     kind: str  # NUMERIC or CATEGORICAL
-    nullable: bool  # missing values were seen in training (null is then a valid input)
+    nullable: bool  # the training file had missing values here (null is then a valid input)
     categories: tuple[str, ...] = ()  # categorical: index i + 1 is categories[i]
     minimum: float | None = None  # numeric: range seen in training (non-missing values)
     maximum: float | None = None
@@ -125,7 +125,7 @@ class ColumnSpec:
             if not self.nullable:
                 raise TabularInputError(
                     "null_feature",
-                    f"feature {self.name!r} is null, but it was never missing in training",
+                    f"feature {self.name!r} is null, but it was never missing in the training file",
                     self.name,
                 )
             return math.nan if self.kind == NUMERIC else float(UNSEEN_INDEX)
@@ -176,7 +176,7 @@ class ColumnSpec:
         if not self.nullable and missing.any():
             raise TabularInputError(
                 "null_feature",
-                f"feature {self.name!r} is null, but it was never missing in training",
+                f"feature {self.name!r} is null, but it was never missing in the training file",
                 self.name,
                 int(np.flatnonzero(missing)[0]),
             )
