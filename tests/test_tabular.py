@@ -190,12 +190,11 @@ def test_a_new_table_trains_and_serves_with_only_data_label_name(tmp_path: Path)
     write_loans(data, 3000, seed=1, regions=("north", "south", "east", "west"))
     write_loans(serving, 400, seed=2, regions=("north", "south", "central"))  # central: unseen
     models = tmp_path / "models"
-    trained = CliRunner().invoke(
+    # Only --data, --label and --name (plus --epochs to keep the test quick); the models
+    # folder comes from the environment as in production.
+    trained = CliRunner(env={"RISKSTREAM_MODELS_DIR": str(models)}).invoke(
         train_command,
-        [
-            *("tabular", "--data", str(data), "--label", LABEL, "--name", "loans"),
-            *("--out", str(models), "--epochs", "4"),
-        ],
+        ["tabular", "--data", str(data), "--label", LABEL, "--name", "loans", "--epochs", "4"],
     )
     assert trained.exit_code == 0, trained.output
     (version,) = (models / "loans").iterdir()
