@@ -71,8 +71,10 @@ class TabularConfig:
     patience: int = 8
     class_weight: str = "none"
     monitor: str | None = None  # None: log_loss (binary), poisson_deviance (poisson)
-    ensemble: int = 1
-    bins: int = 16  # piecewise-linear bins per numeric column (0: none)
+    # Averaging 3 seeds' networks: +0.0005 to +0.001 validation ROC AUC on credit, −0.03
+    # deviance on freMTPL2 (bench/tabular.py --tune), for 3× the fitting time.
+    ensemble: int = 3
+    bins: int | None = None  # piecewise-linear bins per numeric column (0: none); see bins_for
     embedding_dim: int | None = None  # None: 1 + ceil(log2(categories + 1)), at most 8
     log_columns: str = "heavy-tailed"
     balance: bool = True  # poisson: rescale λ so fitted claims sum to observed (see rebalance)
@@ -88,6 +90,19 @@ class TabularConfig:
         values["hidden_units"] = list(self.hidden_units)
         values["monitor"] = self.monitor_name
         return values
+
+
+LARGE_TABLE_ROWS = 200_000
+
+
+def bins_for(config: TabularConfig, fit_rows: int) -> int:
+    """The configured bins, or 16 below LARGE_TABLE_ROWS fitting rows and 32 from there: on
+    the credit table's 60,000 fitting rows 8–16 bins did as well as 32–64 (validation ROC AUC
+    within noise, 0.8590–0.8601), on freMTPL2's 440,000 32–64 bins gained 0.05–0.08 deviance
+    (×10⁻²) over 16."""
+    if config.bins is not None:
+        return config.bins
+    return 16 if fit_rows < LARGE_TABLE_ROWS else 32
 
 
 def quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
@@ -141,7 +156,7 @@ def preprocessing_for(
         if present.size:
             fill[j] = float(np.median(present))
             low[j], high[j] = float(present.min()), float(present.max())
-        edges = quantile_edges(x[:, j], config.bins)
+        edges = quantile_edges(x[:, j], bins_for(config, x.shape[0]))
         for left, right in itertools.pairwise(edges):
             bin_column.append(j)
             bin_low.append(float(left))
