@@ -2,14 +2,16 @@
 
 The worker and `riskstream evaluate` share this loader, so both refuse the same broken or
 mismatched models with the same actionable message instead of scoring garbage: the card's
-feature list must equal the feature code's FEATURE_NAMES and the ONNX input must take exactly
-that many columns.
+feature list must equal the feature code's FEATURE_NAMES (for a tabular model: its input
+schema's columns, see `riskstream.features.tabular`) and the ONNX input must take exactly that
+many columns.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from riskstream.contracts import Reason
+from riskstream.features.tabular import TabularInputError, is_tabular_card, schema_from_card
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
@@ -42,6 +45,10 @@ REQUIRED_CARD_KEYS = (
     "feature_stds",
 )
 RETRAIN_HINT = "retrain it with `riskstream train {name} --data PATH --out MODELS_DIR`"
+TABULAR_RETRAIN_HINT = (
+    "retrain it with `riskstream train tabular --name {name} --data PATH --label COLUMN "
+    "--out MODELS_DIR`"
+)
 
 
 class ModelError(Exception):
@@ -297,6 +304,21 @@ class Model:
         ]
 
 
+def _card_features(card: dict[str, Any], card_path: Path) -> tuple[str, ...]:
+    """What the model's input columns must be: the feature module's FEATURE_NAMES for the
+    window models; for a tabular model, the columns of the input schema its card holds (which
+    must itself be servable)."""
+    if not is_tabular_card(card):
+        return expected_features_for(card["name"])
+    try:
+        return schema_from_card(card).names
+    except TabularInputError as exc:
+        raise ModelError(
+            f"{card_path}: its input_schema cannot be served ({exc}); "
+            f"{TABULAR_RETRAIN_HINT.format(name=card['name'])}"
+        ) from exc
+
+
 def load_model(
     path: Path,
     name: str | None = None,
@@ -307,8 +329,9 @@ def load_model(
     """Load a model: with `name`, the newest version of MODELS_DIR/<name> (what the worker
     serves); without, `path` is a version folder or a model-name folder (its newest version).
 
-    `expected_features` defaults to the FEATURE_NAMES of the card's model name; anything
-    missing, corrupt or mismatched raises ModelError with what to do about it.
+    `expected_features` defaults to the FEATURE_NAMES of the card's model name (a tabular
+    model's: its input schema's columns); anything missing, corrupt or mismatched raises
+    ModelError with what to do about it.
     """
     if name is not None:
         if name not in KNOWN_MODELS:
@@ -327,17 +350,19 @@ def load_model(
     if not isinstance(card["features"], list) or not card["features"]:
         raise ModelError(f"{card_path}: features must be a non-empty list of names")
     expected = (
-        expected_features if expected_features is not None else expected_features_for(card_name)
+        expected_features if expected_features is not None else _card_features(card, card_path)
     )
     _check_features(card, expected, card_path)
     threshold = card["threshold"]
+    # A probability's threshold lies in [0, 1]; a claim model's is an expected frequency.
+    top = math.inf if card.get("task") == "poisson" else 1.0
     if (
         isinstance(threshold, bool)
         or not isinstance(threshold, int | float)
-        or not (0.0 <= threshold <= 1.0)
+        or not (0.0 <= threshold <= top)
     ):
         raise ModelError(
-            f"{card_path}: threshold must be a number in [0, 1], got {threshold!r}; "
+            f"{card_path}: threshold must be a number in [0, {top:g}], got {threshold!r}; "
             "fix the card or retrain the model"
         )
     n_features = len(card["features"])

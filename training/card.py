@@ -79,12 +79,18 @@ def severity_bands(threshold: float, validation_scores: np.ndarray) -> list[dict
     ]
 
 
-def matrix_fingerprint(features: np.ndarray, labels: np.ndarray) -> str:
+def matrix_fingerprint(
+    features: np.ndarray, labels: np.ndarray, *extra: np.ndarray, label_dtype: str = "i1"
+) -> str:
+    """sha256 of the training matrix and labels (counts: label_dtype "<f8"), then of any
+    `extra` per-row arrays (exposure) as float64."""
     digest = hashlib.sha256()
     matrix = np.ascontiguousarray(features, dtype="<f4")
     digest.update(str(matrix.shape).encode())
     digest.update(matrix.tobytes())
-    digest.update(np.ascontiguousarray(labels, dtype="i1").tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype=label_dtype).tobytes())
+    for values in extra:
+        digest.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
     return digest.hexdigest()
 
 
@@ -112,15 +118,25 @@ def build_card(
     features: tuple[str, ...],
     threshold: float,
     threshold_rule: str,
-    training_window: tuple[date, date],
+    training_window: tuple[date, date] | None,
     training_features: np.ndarray,
     training_labels: np.ndarray,
     source_sha256: str,
     metrics: dict[str, Any],
     bands: list[dict[str, Any]],
     training: dict[str, Any],
+    features_sha256: str | None = None,
+    baseline: tuple[list[float], list[float]] | None = None,
 ) -> dict[str, Any]:
-    means, stds = column_stats(training_features)
+    """The card every model gets. `training_window` is None for tables without a time column;
+    `features_sha256` and `baseline` (occlusion values and spreads) default to the raw matrix's
+    fingerprint and column means/stds — tabular models pass their own (NaN-aware ones)."""
+    means, stds = baseline or column_stats(training_features)
+    window = (
+        None
+        if training_window is None
+        else {"from": training_window[0].isoformat(), "to": training_window[1].isoformat()}
+    )
     return {
         "name": name,
         "version": version,
@@ -130,12 +146,10 @@ def build_card(
         "output_name": "score",
         "threshold": float(threshold),
         "threshold_rule": threshold_rule,
-        "training_window": {
-            "from": training_window[0].isoformat(),
-            "to": training_window[1].isoformat(),
-        },
+        "training_window": window,
         "data_fingerprint": {
-            "features_and_labels_sha256": matrix_fingerprint(training_features, training_labels),
+            "features_and_labels_sha256": features_sha256
+            or matrix_fingerprint(training_features, training_labels),
             "source_sha256": source_sha256,
             "rows": int(training_labels.size),
             "positives": int(np.sum(training_labels == 1)),

@@ -33,15 +33,21 @@ HANDBOOK_LOOKBACK_DAYS = 14  # training week + label-delay gap before the handbo
 SCORE_CHUNK = 65_536
 
 
-def score_rows(model: Any, rows: LabeledRows, console: Console) -> np.ndarray:
-    scores = np.empty(len(rows), dtype=np.float32)
+def score_matrix(model: Any, features: np.ndarray, console: Console) -> np.ndarray:
+    scores = np.empty(features.shape[0], dtype=np.float32)
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"scoring with {model.name} {model.version}", total=len(rows))
-        for start in range(0, len(rows), SCORE_CHUNK):
-            chunk = rows.features[start : start + SCORE_CHUNK]
+        task = progress.add_task(
+            f"scoring with {model.name} {model.version}", total=features.shape[0]
+        )
+        for start in range(0, features.shape[0], SCORE_CHUNK):
+            chunk = features[start : start + SCORE_CHUNK]
             scores[start : start + chunk.shape[0]] = model.score(chunk)
             progress.advance(task, chunk.shape[0])
     return scores
+
+
+def score_rows(model: Any, rows: LabeledRows, console: Console) -> np.ndarray:
+    return score_matrix(model, rows.features, console)
 
 
 def known_compromised_mask(
@@ -231,6 +237,22 @@ def _as_date(value: datetime | None) -> date | None:
     "handbook's training week before its 7-day gap).",
 )
 @click.option(
+    "--test-rows",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="tabular: evaluate only these 1-based data-row positions (one a line), e.g. the file "
+    "given to `train tabular --test-rows`.",
+)
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(0, 0.5),
+    default=0.0,
+    help="tabular: evaluate the seeded test split `train tabular --test-fraction` held out "
+    "(same fraction and --split-seed).",
+)
+@click.option(
+    "--split-seed", type=int, default=0, help="tabular: seed of the --test-fraction split."
+)
+@click.option(
     "--top-k",
     type=click.IntRange(1),
     default=100,
@@ -246,14 +268,20 @@ def evaluate_command(
     vix: Path | None,
     drop_known_compromised: bool,
     known_since: datetime | None,
+    test_rows: Path | None,
+    test_fraction: float,
+    split_seed: int,
     top_k: int,
 ) -> None:
     """Score labelled history with an exported model and print metrics as one JSON object.
 
     Features are computed by the stream's feature code over the whole file (earlier history
-    warms the windows); the events from --from to --to are scored with onnxruntime. Progress
-    goes to stderr, the JSON to stdout.
+    warms the windows); the events from --from to --to are scored with onnxruntime. A tabular
+    model (`train tabular`) encodes each row with its card's input schema instead and takes
+    --test-rows or --test-fraction in place of dates. Progress goes to stderr, the JSON to
+    stdout.
     """
+    from riskstream.features.tabular import is_tabular_card
     from riskstream.scoring import ModelError, load_model
 
     console = Console(stderr=True)
@@ -263,6 +291,14 @@ def evaluate_command(
         raise click.ClickException(str(exc)) from None
     if vix is not None and model.name != "market":
         raise click.BadParameter("--vix is for the market model only", param_hint="--vix")
+    if is_tabular_card(model.card):
+        _evaluate_tabular(model, data, scores_out, test_rows, test_fraction, split_seed, console)
+        return
+    if test_rows is not None or test_fraction > 0:
+        raise click.BadParameter(
+            "--test-rows and --test-fraction are for tabular models; use --from/--to",
+            param_hint="--test-rows",
+        )
     try:
         if model.name == "fraud":
             result, rows, scores = evaluate_fraud(
@@ -290,6 +326,39 @@ def evaluate_command(
         "model_path": str(model.path),
         "data": str(data),
         "window": {"from": rows.start.isoformat(), "to": rows.end.isoformat()},
+        **result,
+    }
+    sys.stdout.write(json.dumps(output, allow_nan=False) + "\n")
+
+
+def _evaluate_tabular(
+    model: Any,
+    data: Path,
+    scores_out: Path | None,
+    test_rows: Path | None,
+    test_fraction: float,
+    split_seed: int,
+    console: Console,
+) -> None:
+    from riskstream.training.evaluate_tabular import evaluate_tabular
+    from riskstream.training.tabular_data import TableError
+
+    if test_rows is not None and test_fraction > 0:
+        raise click.UsageError("give --test-rows or --test-fraction, not both")
+    try:
+        result, rows, scores = evaluate_tabular(
+            model, data, test_rows, test_fraction, split_seed, console
+        )
+    except (TableError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if scores_out is not None:
+        write_scores(scores_out, rows.event_ids, scores)
+        console.print(f"wrote {len(rows):,} scores to {scores_out}")
+    output = {
+        "model": model.name,
+        "version": model.version,
+        "model_path": str(model.path),
+        "data": str(data),
         **result,
     }
     sys.stdout.write(json.dumps(output, allow_nan=False) + "\n")

@@ -1,4 +1,5 @@
-"""Ranking metrics for the fraud and market models, in numpy only.
+"""Ranking metrics (fraud, market, binary tabular models) and Poisson deviance (claim counts),
+in numpy only.
 
 `riskstream evaluate` must run where TensorFlow and scikit-learn are not installed, so the
 metrics are written here; their definitions follow scikit-learn (ROC AUC with tied scores
@@ -161,3 +162,25 @@ def precision_target_threshold(
     meets = np.flatnonzero(precision >= target)
     pick = int(meets[-1]) if meets.size else int(np.argmax(precision))
     return float(thresholds[pick]), float(recall[pick])
+
+
+def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mean binary cross-entropy, scores clipped to [1e-7, 1 − 1e-7]."""
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def poisson_deviance(counts: np.ndarray, expected: np.ndarray) -> float:
+    """Mean Poisson deviance 2/n · Σ [μ − N + N·log(N/μ)] (the N·log term is 0 when N = 0),
+    μ the expected count (λ(x) · exposure). freMTPL2's papers report 100 × this ("in units of
+    10⁻²")."""
+    n = np.asarray(counts, dtype=np.float64).reshape(-1)
+    mu = np.asarray(expected, dtype=np.float64).reshape(-1)
+    if n.shape != mu.shape:
+        raise ValueError("counts and expected counts must have the same length")
+    if n.size == 0:
+        return float("nan")
+    mu = np.maximum(mu, 1e-12)
+    log_term = np.where(n > 0, n * np.log(np.where(n > 0, n, 1.0) / mu), 0.0)
+    return float(np.mean(2.0 * (mu - n + log_term)))

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from riskstream.training.metrics import average_precision
+from riskstream.training.metrics import average_precision, log_loss
 
 CLASS_WEIGHT_MODES = ("none", "sqrt", "balanced")
 LOG_COLUMN_MODES = ("none", "heavy-tailed", "non-negative")
@@ -165,33 +165,51 @@ def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
 
 EpochReport = Callable[[int, int, dict[str, float]], None]  # member, epoch, entry
 MONITORS = ("average_precision", "log_loss")
+# Validation scores -> named measures ("val_..."), computed in numpy each epoch.
+Measure = Callable[[np.ndarray], dict[str, float]]
 
 
-def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
-    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
-    y = labels.astype(np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+def ranking_measure(val_labels: np.ndarray) -> Measure:
+    """Average precision and log loss of 0/1 validation labels."""
+
+    def measure(scores: np.ndarray) -> dict[str, float]:
+        return {
+            "val_average_precision": average_precision(val_labels, scores),
+            "val_log_loss": log_loss(val_labels, scores),
+        }
+
+    return measure
+
+
+def monitor_key(monitor: str) -> tuple[str, bool]:
+    """The measure a `monitor` name stops on, and whether higher is better."""
+    if monitor not in MONITORS:
+        raise ValueError(f"monitor must be one of {MONITORS}, got {monitor!r}")
+    if monitor == "average_precision":
+        return "val_average_precision", True
+    return "val_log_loss", False
 
 
 class BestValidation(keras.callbacks.Callback):
-    """Early stopping on the time-based validation rows, measured exactly in numpy: average
-    precision (what an alert desk cares about; validation loss under class weights is not) or
-    log loss (smoother, for small noisy validation sets). The best weights are restored."""
+    """Early stopping on held-out validation rows, measured exactly in numpy by `measure`
+    (fraud/market: average precision, what an alert desk cares about, or log loss, smoother for
+    small noisy validation sets; tabular models add ROC AUC and Poisson deviance). The best
+    weights are restored."""
 
     def __init__(
         self,
         val_features: np.ndarray,
-        val_labels: np.ndarray,
-        monitor: str,
+        measure: Measure,
+        key: str,
+        higher_is_better: bool,
         patience: int,
         report: Callable[[int, dict[str, float]], None],
     ) -> None:
         super().__init__()
-        if monitor not in MONITORS:
-            raise ValueError(f"monitor must be one of {MONITORS}, got {monitor!r}")
         self.val_features = val_features
-        self.val_labels = val_labels
-        self.monitor = monitor
+        self.measure = measure
+        self.key = key
+        self.sign = 1.0 if higher_is_better else -1.0
         self.patience = patience
         self.report = report
         self.best_value = -math.inf
@@ -208,16 +226,11 @@ class BestValidation(keras.callbacks.Callback):
         entry = {
             "epoch": epoch + 1,
             "loss": float((logs or {}).get("loss", float("nan"))),
-            "val_average_precision": average_precision(self.val_labels, scores),
-            "val_log_loss": log_loss(self.val_labels, scores),
+            **self.measure(scores),
             "seconds": time.perf_counter() - self._epoch_started,
         }
         self.history.append(entry)
-        value = (
-            entry["val_average_precision"]
-            if self.monitor == "average_precision"
-            else -entry["val_log_loss"]
-        )
+        value = self.sign * entry[self.key]
         if value > self.best_value:
             self.best_value, self.best_epoch = value, epoch + 1
             self.best_weights = [w.copy() for w in self.model.get_weights()]
@@ -257,7 +270,9 @@ def fit(
     config: ModelConfig,
     report: Callable[[int, dict[str, float]], None],
 ) -> FitOutcome:
-    early = BestValidation(val_features, val_labels, config.monitor, config.patience, report)
+    key, higher_is_better = monitor_key(config.monitor)
+    measure = ranking_measure(val_labels)
+    early = BestValidation(val_features, measure, key, higher_is_better, config.patience, report)
     started = time.perf_counter()
     model.fit(
         fit_features,
@@ -324,11 +339,16 @@ def train_ensemble(
             )
         )
         members.append(model)
+    return average_members(members, fit_features.shape[1]), outcomes
+
+
+def average_members(members: list[keras.Model], n_features: int) -> keras.Model:
+    """One Keras model (so one ONNX graph) whose output is the mean of the members' outputs."""
     if len(members) == 1:
-        return members[0], outcomes
-    inputs = keras.Input(shape=(fit_features.shape[1],), name="features", dtype="float32")
+        return members[0]
+    inputs = keras.Input(shape=(n_features,), name="features", dtype="float32")
     averaged = keras.layers.Average(name="score")([m(inputs) for m in members])
-    return keras.Model(inputs, averaged, name="riskstream_ensemble"), outcomes
+    return keras.Model(inputs, averaged, name="riskstream_ensemble")
 
 
 def predict(model: keras.Model, features: np.ndarray, chunk: int = 65_536) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""`riskstream train fraud|market`: features → Keras → ONNX (parity-checked) → model card.
+"""`riskstream train fraud|market|tabular`: features → Keras → ONNX (parity-checked) → card.
+
+`fraud` and `market` are trained here; `tabular` (any labelled table) in `train_tabular`.
 
 The pipeline is split so experiments can compute features once and train many times:
 `load_rows` (slow part: the stream's feature code over the whole file) and `train_on_rows`.
@@ -301,7 +303,7 @@ def _parse_hidden(text: str | None) -> tuple[int, ...] | None:
 DATE = click.DateTime(formats=["%Y-%m-%d"])
 
 
-@click.command("train")
+@click.command("window-model")
 @click.argument("name", type=click.Choice(MODEL_NAMES))
 @click.option(
     "--data",
@@ -393,7 +395,7 @@ DATE = click.DateTime(formats=["%Y-%m-%d"])
     "lowest score whose alerts are at least P positive, e.g. precision:0.8); or top:R (alert on "
     "the highest-scoring R of events, e.g. top:0.1). Default: fraud max-f1, market top:0.1.",
 )
-def train_command(
+def window_model_command(
     name: str,
     data: Path,
     out: Path,
@@ -475,3 +477,35 @@ def train_command(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     Console().print(summary_table(result))
+
+
+def _window_model(name: str) -> click.Command:
+    """`train fraud` / `train market`: the shared command with its model name fixed."""
+    params = [param for param in window_model_command.params if param.name != "name"]
+
+    def callback(**options: Any) -> None:
+        window_model_command.callback(name=name, **options)
+
+    return click.Command(
+        name,
+        params=params,
+        callback=callback,
+        help=window_model_command.help,
+        short_help=f"Train the {name} model from {'transactions' if name == 'fraud' else 'bars'}.",
+    )
+
+
+def _train_group() -> click.Group:
+    from riskstream.training.train_tabular import tabular_command
+
+    group = click.Group(
+        "train",
+        help="Train a model, export it to ONNX (parity-checked) and publish it with its card.",
+    )
+    for name in MODEL_NAMES:
+        group.add_command(_window_model(name))
+    group.add_command(tabular_command)
+    return group
+
+
+train_command = _train_group()
