@@ -23,31 +23,44 @@ BATCHES = 10_000  # listing these takes the broker ~5 ms on the 2-core machine, 
 SHORT_WAIT_MS = 1
 
 
-def test_a_starved_partition_doubles_the_wait_up_to_the_ceiling() -> None:
+def test_a_partition_starved_twice_at_one_offset_doubles_the_wait_up_to_the_ceiling() -> None:
     wait = AdaptiveFetchWait(10, ceiling_ms=50)
-    starved = (100, 0, 500, False)  # asked at 100, no error, high-water mark 500, no records
+    starved = ("a", 100, 0, 500, False)  # asked at 100, no error, high-water mark 500, no records
+    wait.observe([starved])
+    assert wait.wait_ms == 10  # once may be a record that arrived during the fetch
     wait.observe([starved])
     assert wait.wait_ms == 20
-    wait.observe([starved, (7, 0, 9, True)])  # records elsewhere do not hide a starved one
+    wait.observe([starved, ("b", 7, 0, 9, True)])  # records elsewhere do not hide a starved one
     assert wait.wait_ms == 40
     wait.observe([starved])
     assert wait.wait_ms == 50
     assert wait.starved_answers == 3
 
 
+def test_an_empty_answer_that_the_next_fetch_moves_past_is_not_starvation() -> None:
+    """Live traffic: a record lands between the broker's lookup and its high-water mark."""
+    wait = AdaptiveFetchWait(10, ceiling_ms=1000)
+    for offset in range(100, 110):
+        wait.observe([("a", offset, 0, offset + 1, False), ("b", 7, 0, 9, True)])
+        wait.observe([("a", offset, 0, offset + 1, True)])
+    assert wait.wait_ms == 10
+    assert wait.starved_answers == 0
+
+
 def test_an_idle_answer_halves_the_wait_back_to_the_floor_and_records_keep_it() -> None:
     wait = AdaptiveFetchWait(10, ceiling_ms=1000)
     wait.wait_ms = 160
-    wait.observe([(5, 0, 9, True), (9, 0, 9, False)])  # records, nothing starved: keep
+    wait.observe([("a", 5, 0, 9, True), ("b", 9, 0, 9, False)])  # records, nothing starved: keep
     assert wait.wait_ms == 160
     for expected in (80, 40, 20, 10, 10):
-        wait.observe([(9, 0, 9, False)])  # at the end, nothing to read: idle
+        wait.observe([("b", 9, 0, 9, False)])  # at the end, nothing to read: idle
         assert wait.wait_ms == expected
 
 
 def test_an_error_or_an_end_position_is_not_starvation() -> None:
     wait = AdaptiveFetchWait(10)
-    wait.observe([(100, 1, 500, False), (500, 0, 500, False)])  # offset out of range; at end
+    for _ in range(3):
+        wait.observe([("a", 100, 1, 500, False), ("b", 500, 0, 500, False)])  # out of range; end
     assert wait.wait_ms == 10
     assert wait.starved_answers == 0
 
@@ -57,7 +70,10 @@ def test_fetch_answers_pairs_each_partition_with_the_offset_asked() -> None:
     response = SimpleNamespace(
         topics=[("t", [(0, 0, 500, 0, b""), (1, 0, 9, 0, b"\x00records"), (2, 0, 1, 0, None)])]
     )
-    assert fetch_answers(request, response) == [(100, 0, 500, False), (7, 0, 9, True)]
+    assert fetch_answers(request, response) == [
+        (("t", 0), 100, 0, 500, False),
+        (("t", 1), 7, 0, 9, True),
+    ]
 
 
 @pytest.fixture(scope="module")
