@@ -17,10 +17,13 @@ twice in a row at the same offset without records, without error, with a high-wa
 that offset was starved: the next fetches ask for twice the wait, up to a ceiling. Once is not
 enough: with live traffic a record often lands between the broker's lookup and its reading of
 the high-water mark, and the next fetch reads it; counting those raised the wait to 160 ms at
-500 events/s, and the event-to-score p99 with it. An answer with no records anywhere and no
-starved partition (the worker is idle, and only then does a long wait cost latency) halves it
-back toward the configured wait. On a broker that answers promptly the wait never moves; on
-Tansu it settles just above what listing a partition takes.
+500 events/s, and the event-to-score p99 with it. An answer that leaves nothing unread (every
+partition in it idle at its end, or read up to its high-water mark) halves the wait back toward
+the configured one: the worker is live, not behind, and a long wait now costs latency, because
+the broker looks at a fetch again only after half the remaining wait. After a backlog that had
+raised the wait to seconds, live traffic would otherwise have waited that long (every answer
+holds records, so no answer is ever idle). On a broker that answers promptly the wait never
+moves; on Tansu it settles just above what listing a partition takes.
 
 How. aiokafka's Fetcher reads `_fetch_max_wait_ms` for each request it builds and sends through
 its `_client`; the fetcher's client is replaced by a proxy that sees fetch answers and passes
@@ -41,8 +44,11 @@ log = logging.getLogger(__name__)
 
 FETCH_API_KEY = 1
 DEFAULT_CEILING_MS = 5000
-# (partition, offset asked, error code, high-water mark, has records)
-FetchAnswer = tuple[Hashable, int, int, int, bool]
+# (partition, offset asked, error code, high-water mark, offset after the records or None)
+FetchAnswer = tuple[Hashable, int, int, int, int | None]
+RECORD_BATCH_HEADER = 12  # base offset (int64) and length (int32) of each batch, any version
+MAGIC_AT = 16  # the magic byte, in message sets (v0, v1) and record batches (v2) alike
+LAST_OFFSET_DELTA_AT = 23  # v2 record batch: the last record's offset, less the base offset
 
 
 class AdaptiveFetchWait:
@@ -68,23 +74,25 @@ class AdaptiveFetchWait:
         return self
 
     def observe(self, partitions: Iterable[FetchAnswer]) -> None:
-        """One fetch answer: (partition, offset asked, error code, high-water mark, has records)
-        for each partition in it."""
-        starved = fed = False
-        for partition, offset, error_code, highwater, has_records in partitions:
-            if has_records:
-                fed = True
-            if has_records or error_code or highwater <= offset:
+        """One fetch answer: (partition, offset asked, error code, high-water mark, offset after
+        the records returned or None) for each partition in it."""
+        starved = behind = False
+        for partition, offset, error_code, highwater, read_to in partitions:
+            if error_code or highwater <= offset:
+                self._empty_at.pop(partition, None)  # an error, or nothing to read: no sign
+            elif read_to is not None:
                 self._empty_at.pop(partition, None)
+                behind = behind or read_to < highwater
             elif self._empty_at.get(partition) == offset:
                 starved = True
             else:
                 self._empty_at[partition] = offset  # maybe a record that arrived meanwhile
+                behind = True
         if starved:
             self.starved_answers += 1
             self.wait_ms = min(self.ceiling_ms, self.wait_ms * 2)
             self._log_rise()
-        elif not fed:
+        elif not behind:
             self.wait_ms = max(self.floor_ms, self.wait_ms // 2)
         self._apply()
 
@@ -120,8 +128,8 @@ class _FetchObservingClient:
 
 
 def fetch_answers(request: Any, response: Any) -> list[FetchAnswer]:
-    """(partition, offset asked, error code, high-water mark, has records) for each partition
-    answered; a partition is named (topic, partition number)."""
+    """(partition, offset asked, error code, high-water mark, offset after the records or None)
+    for each partition answered; a partition is named (topic, partition number)."""
     asked = {
         (topic, partition): offset
         for topic, partitions in request.topics
@@ -132,6 +140,24 @@ def fetch_answers(request: Any, response: Any) -> list[FetchAnswer]:
         for partition, error_code, highwater, *rest in partitions:
             offset = asked.get((topic, partition))
             if offset is not None:
-                records = rest[-1] if rest else None
-                answers.append(((topic, partition), offset, error_code, highwater, bool(records)))
+                read_to = next_offset(rest[-1]) if rest and rest[-1] else None
+                answers.append(((topic, partition), offset, error_code, highwater, read_to))
     return answers
+
+
+def next_offset(records: bytes) -> int | None:
+    """The offset after the last whole batch in a fetch answer's raw records (a broker may cut
+    the last batch short at the fetch's size limit), from the batch headers alone."""
+    view = memoryview(records)
+    position, last = 0, None
+    while position + RECORD_BATCH_HEADER <= len(view):
+        base = int.from_bytes(view[position : position + 8], "big", signed=True)
+        length = int.from_bytes(view[position + 8 : position + 12], "big", signed=True)
+        end = position + RECORD_BATCH_HEADER + length
+        if length <= 0 or end > len(view):
+            break
+        if view[position + MAGIC_AT] >= 2:
+            delta_at = position + LAST_OFFSET_DELTA_AT
+            base += int.from_bytes(view[delta_at : delta_at + 4], "big", signed=True)
+        last, position = base, end
+    return None if last is None else last + 1

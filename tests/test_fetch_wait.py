@@ -15,9 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from riskstream.broker import EmbeddedBroker, free_port
-from riskstream.fetch_wait import AdaptiveFetchWait, fetch_answers
+from riskstream.fetch_wait import AdaptiveFetchWait, fetch_answers, next_offset
 
 BATCHES = 10_000  # listing these takes the broker ~5 ms on the 2-core machine, far above 1 ms
 SHORT_WAIT_MS = 1
@@ -25,12 +26,12 @@ SHORT_WAIT_MS = 1
 
 def test_a_partition_starved_twice_at_one_offset_doubles_the_wait_up_to_the_ceiling() -> None:
     wait = AdaptiveFetchWait(10, ceiling_ms=50)
-    starved = ("a", 100, 0, 500, False)  # asked at 100, no error, high-water mark 500, no records
+    starved = ("a", 100, 0, 500, None)  # asked at 100, no error, high-water mark 500, no records
     wait.observe([starved])
     assert wait.wait_ms == 10  # once may be a record that arrived during the fetch
     wait.observe([starved])
     assert wait.wait_ms == 20
-    wait.observe([starved, ("b", 7, 0, 9, True)])  # records elsewhere do not hide a starved one
+    wait.observe([starved, ("b", 7, 0, 9, 9)])  # records elsewhere do not hide a starved one
     assert wait.wait_ms == 40
     wait.observe([starved])
     assert wait.wait_ms == 50
@@ -41,39 +42,78 @@ def test_an_empty_answer_that_the_next_fetch_moves_past_is_not_starvation() -> N
     """Live traffic: a record lands between the broker's lookup and its high-water mark."""
     wait = AdaptiveFetchWait(10, ceiling_ms=1000)
     for offset in range(100, 110):
-        wait.observe([("a", offset, 0, offset + 1, False), ("b", 7, 0, 9, True)])
-        wait.observe([("a", offset, 0, offset + 1, True)])
+        wait.observe([("a", offset, 0, offset + 1, None), ("b", 7, 0, 9, 9)])
+        wait.observe([("a", offset, 0, offset + 1, offset + 1)])
     assert wait.wait_ms == 10
     assert wait.starved_answers == 0
 
 
-def test_an_idle_answer_halves_the_wait_back_to_the_floor_and_records_keep_it() -> None:
+def test_records_behind_the_high_water_mark_keep_the_wait() -> None:
+    """A backlog read under a wait that starvation raised: the long wait is still needed."""
     wait = AdaptiveFetchWait(10, ceiling_ms=1000)
     wait.wait_ms = 160
-    wait.observe([("a", 5, 0, 9, True), ("b", 9, 0, 9, False)])  # records, nothing starved: keep
+    for position in range(0, 1000, 100):
+        wait.observe([("a", position, 0, 5000, position + 100), ("b", 9, 0, 9, None)])
     assert wait.wait_ms == 160
-    for expected in (80, 40, 20, 10, 10):
-        wait.observe([("b", 9, 0, 9, False)])  # at the end, nothing to read: idle
+
+
+def test_an_answer_that_leaves_nothing_unread_halves_the_wait_back_to_the_floor() -> None:
+    """Idle, or live and caught up: after a backlog, live traffic must not wait seconds."""
+    wait = AdaptiveFetchWait(10, ceiling_ms=1000)
+    wait.wait_ms = 160
+    wait.observe([("a", 5, 0, 9, 9), ("b", 9, 0, 9, None)])  # read to the end; at the end
+    assert wait.wait_ms == 80
+    for expected in (40, 20, 10, 10):
+        wait.observe([("b", 9, 0, 9, None)])  # at the end, nothing to read: idle
         assert wait.wait_ms == expected
 
 
 def test_an_error_or_an_end_position_is_not_starvation() -> None:
     wait = AdaptiveFetchWait(10)
     for _ in range(3):
-        wait.observe([("a", 100, 1, 500, False), ("b", 500, 0, 500, False)])  # out of range; end
+        wait.observe([("a", 100, 1, 500, None), ("b", 500, 0, 500, None)])  # out of range; end
     assert wait.wait_ms == 10
     assert wait.starved_answers == 0
 
 
-def test_fetch_answers_pairs_each_partition_with_the_offset_asked() -> None:
+def test_fetch_answers_pairs_each_partition_with_the_offset_asked_and_where_its_records_end() -> (
+    None
+):
+    records = _record_batch(base_offset=7, count=3) + _record_batch(base_offset=10, count=2)
     request = SimpleNamespace(topics=[("t", [(0, 100, 1024), (1, 7, 1024)])])
     response = SimpleNamespace(
-        topics=[("t", [(0, 0, 500, 0, b""), (1, 0, 9, 0, b"\x00records"), (2, 0, 1, 0, None)])]
+        topics=[("t", [(0, 0, 500, 0, b""), (1, 0, 19, 0, records), (2, 0, 1, 0, None)])]
     )
     assert fetch_answers(request, response) == [
-        (("t", 0), 100, 0, 500, False),
-        (("t", 1), 7, 0, 9, True),
+        (("t", 0), 100, 0, 500, None),
+        (("t", 1), 7, 0, 19, 12),
     ]
+
+
+def test_a_batch_cut_short_at_the_size_limit_does_not_count() -> None:
+    whole = _record_batch(base_offset=0, count=4)
+    cut = _record_batch(base_offset=4, count=4)[:-10]
+    assert next_offset(whole + cut) == 4
+    assert next_offset(cut) is None
+    assert next_offset(b"") is None
+
+
+def _record_batch(base_offset: int, count: int) -> bytes:
+    """A v2 record batch as a broker sends it, built by aiokafka's own builder."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    for delta in range(count):
+        builder.append(delta, timestamp=1, key=b"k", value=b"v" * 20, headers=[])
+    raw = bytearray(builder.build())
+    raw[0:8] = base_offset.to_bytes(8, "big")
+    return bytes(raw)
 
 
 @pytest.fixture(scope="module")
