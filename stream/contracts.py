@@ -28,6 +28,11 @@ Error codes (stable: they end up in dead letters and in the ``reason`` metric la
                          ``close`` outside ``[low, high]``)
 - ``key_mismatch``       raised by the worker: the Kafka message key is missing or is not the
                          entity id the event carries (per-entity state needs keyed messages)
+- ``unknown_model``      raised by the worker: a request names a model it does not serve
+- ``missing_feature``    raised by the worker: a request lacks a feature its model's input schema
+                         names (riskstream.features.tabular; extra features are ignored)
+- ``null_feature``       raised by the worker: a request's feature is null in a column that was
+                         never missing in the model's training file
 - ``internal_error``     reserved for the worker: the message passed its contract but processing
                          it failed (a bug); never raised by this module
 """
@@ -54,6 +59,7 @@ __all__ = [
     "Label",
     "MarketEvent",
     "Reason",
+    "Request",
     "ScoreRecord",
     "Transaction",
     "dead_letter",
@@ -61,6 +67,7 @@ __all__ = [
     "decode_dead_letter",
     "decode_label",
     "decode_market",
+    "decode_request",
     "decode_score",
     "decode_transaction",
     "encode",
@@ -85,6 +92,9 @@ ErrorCode = Literal[
     "out_of_range",
     "inconsistent",
     "key_mismatch",
+    "unknown_model",
+    "missing_feature",
+    "null_feature",
     "internal_error",
 ]
 ERROR_CODES: Final[tuple[str, ...]] = get_args(ErrorCode)
@@ -99,6 +109,10 @@ MAX_VOLUME: Final = 1e15
 MAX_INDICATORS: Final = 64
 MAX_INDICATOR_NAME_LENGTH: Final = 64
 MAX_INDICATOR_ABS: Final = 1e15
+MAX_SCORE: Final = 1e15  # a count model's expected frequency; probabilities stop at 1
+MAX_FEATURES: Final = 1024  # per request (indicator records for tabular models)
+MAX_FEATURE_NAME_LENGTH: Final = 128
+MAX_FEATURE_TEXT_LENGTH: Final = 256  # a categorical value
 MIN_YEAR: Final = 1970
 MAX_YEAR: Final = 2100
 # Dead letters must themselves fit in a Kafka message (1 MB by default), base64 included.
@@ -157,9 +171,20 @@ IndicatorName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_INDICAT
 IndicatorValue = Annotated[float, msgspec.Meta(ge=-MAX_INDICATOR_ABS, le=MAX_INDICATOR_ABS)]
 Indicators = Annotated[dict[IndicatorName, IndicatorValue], msgspec.Meta(max_length=MAX_INDICATORS)]
 Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+# A probability, except a count model's expected frequency (see ScoreRecord).
+Score = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_SCORE)]
+FeatureName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_FEATURE_NAME_LENGTH)]
+FeatureValue = (
+    Annotated[float, msgspec.Meta(ge=-MAX_INDICATOR_ABS, le=MAX_INDICATOR_ABS)]
+    | Annotated[str, msgspec.Meta(max_length=MAX_FEATURE_TEXT_LENGTH)]
+    | None
+)
+Features = Annotated[dict[FeatureName, FeatureValue], msgspec.Meta(max_length=MAX_FEATURES)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Encoding = Literal["utf-8", "base64"]
-EventType = Literal["transaction", "market"]
+EventType = Literal["transaction", "market", "request"]
+# Event types whose score is a probability; a request's model may predict a claim frequency.
+PROBABILITY_EVENT_TYPES: Final = ("transaction", "market")
 
 
 # --- events in ---------------------------------------------------------------------------------
@@ -198,6 +223,19 @@ class Label(msgspec.Struct, frozen=True, gc=False):
     customer_id: EntityId
     terminal_id: EntityId
     fraud: bool
+
+
+class Request(msgspec.Struct, frozen=True, gc=False):
+    """One record of indicators for a tabular model (an application, a policy, a borrower's
+    monthly snapshot): ``features`` maps the model's input names to numbers, category texts or
+    null. Which names and types the named model needs is its card's input schema; the worker
+    checks that (riskstream.features.tabular), this contract only the shape."""
+
+    event_id: EntityId
+    timestamp: Timestamp
+    entity_id: EntityId
+    model: EntityId
+    features: Features
 
 
 # The raw text of the timestamp fields: msgspec's datetime parser is more lenient than RFC 3339
@@ -247,25 +285,29 @@ class ScoreRecord(msgspec.Struct, frozen=True, kw_only=True):
     entity_id: EntityId
     model: EntityId
     model_version: EntityId
-    score: Probability
+    score: Score  # a probability; for a count model's request, the expected claim frequency
     event_timestamp: str  # RFC 3339 text; the constructor also takes a tz-aware datetime
     scored_at: str
 
     def __post_init__(self) -> None:
-        _require_finite("score", self.score, 0.0, 1.0)
+        _require_finite("score", self.score, 0.0, self._score_ceiling())
         _timestamp_text(self, "event_timestamp")
         _timestamp_text(self, "scored_at")
+
+    def _score_ceiling(self) -> float:
+        return 1.0 if self.event_type in PROBABILITY_EVENT_TYPES else MAX_SCORE
 
 
 class Reason(msgspec.Struct, frozen=True):
     """One feature that drove a score: its value and its share of the score."""
 
     feature: EntityId
-    value: float
+    value: float | None  # None: the request left this feature out (null), as the model allows
     contribution: float
 
     def __post_init__(self) -> None:
-        _require_finite("value", self.value, None, None)
+        if self.value is not None:
+            _require_finite("value", self.value, None, None)
         _require_finite("contribution", self.contribution, None, None)
 
 
@@ -274,12 +316,12 @@ class AlertRecord(ScoreRecord, frozen=True, kw_only=True):
 
     alert_id: EntityId
     severity: EntityId
-    threshold: Probability
+    threshold: Score
     reasons: tuple[Reason, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require_finite("threshold", self.threshold, 0.0, 1.0)
+        _require_finite("threshold", self.threshold, 0.0, self._score_ceiling())
 
 
 class DeadLetterRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -302,7 +344,7 @@ class DeadLetterRecord(msgspec.Struct, frozen=True, kw_only=True):
         _timestamp_text(self, "received_at")
 
 
-Event = Transaction | MarketEvent | Label
+Event = Transaction | MarketEvent | Label | Request
 OutRecord = ScoreRecord | AlertRecord | DeadLetterRecord
 
 _ALERT_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://riskstream.dev/alerts")
@@ -326,6 +368,7 @@ _T = TypeVar("_T")
 _TX_DECODER: Final = msgspec.json.Decoder(Transaction)
 _MARKET_DECODER: Final = msgspec.json.Decoder(MarketEvent)
 _LABEL_DECODER: Final = msgspec.json.Decoder(Label)
+_REQUEST_DECODER: Final = msgspec.json.Decoder(Request)
 _ONE_STAMP_DECODER: Final = msgspec.json.Decoder(_OneStamp)
 _LABEL_STAMPS_DECODER: Final = msgspec.json.Decoder(_LabelStamps)
 _SCORE_DECODER: Final = msgspec.json.Decoder(ScoreRecord)
@@ -384,6 +427,17 @@ def decode_label(
     return event
 
 
+def decode_request(
+    raw: bytes | None, *, max_bytes: int = MAX_MESSAGE_BYTES, max_depth: int = MAX_DEPTH
+) -> Request:
+    """Validate and decode a ``risk.requests`` message; raises ContractError. Whether its
+    features suit its model is the worker's check (it knows the models)."""
+    raw = _precheck(raw, max_bytes, max_depth)
+    event = _decode(_REQUEST_DECODER, raw)
+    _check_timestamp(raw, "timestamp", _ONE_STAMP_DECODER.decode(raw).timestamp)
+    return event
+
+
 def decode_score(raw: bytes | None, *, max_bytes: int = MAX_MESSAGE_BYTES) -> ScoreRecord:
     """Decode a ``risk.scores`` record (for consumers and tests); raises ContractError."""
     return _decode(_SCORE_DECODER, _precheck(raw, max_bytes, MAX_DEPTH))
@@ -402,7 +456,12 @@ def decode_dead_letter(
 
 
 DECODERS: Final[Mapping[str, Callable[[bytes], Event]]] = MappingProxyType(
-    {"transaction": decode_transaction, "market": decode_market, "label": decode_label}
+    {
+        "transaction": decode_transaction,
+        "market": decode_market,
+        "label": decode_label,
+        "request": decode_request,
+    }
 )
 
 

@@ -34,6 +34,7 @@ from riskstream.contracts import (
     Label,
     MarketEvent,
     Reason,
+    Request,
     ScoreRecord,
     Transaction,
 )
@@ -42,15 +43,17 @@ SCHEMA_FILES = {
     "transaction": "transaction.json",
     "market": "market_indicator.json",
     "label": "label.json",
+    "request": "request.json",
     "score": "score.json",
     "alert": "alert.json",
     "dead_letter": "dead_letter.json",
 }
-INPUT_KINDS = ("transaction", "market", "label")
+INPUT_KINDS = ("transaction", "market", "label", "request")
 STRUCTS: dict[str, type[msgspec.Struct]] = {
     "transaction": Transaction,
     "market": MarketEvent,
     "label": Label,
+    "request": Request,
     "score": ScoreRecord,
     "alert": AlertRecord,
     "dead_letter": DeadLetterRecord,
@@ -146,6 +149,13 @@ BASE: dict[str, dict[str, Any]] = {
         "customer_id": "c-1",
         "terminal_id": "t-1",
         "fraud": True,
+    },
+    "request": {
+        "event_id": "app-1",
+        "timestamp": "2024-05-01T09:00:00Z",
+        "entity_id": "b-1",
+        "model": "credit",
+        "features": {"age": 45, "MonthlyIncome": None, "region": "R82"},
     },
 }
 REQUIRED = {
@@ -400,6 +410,23 @@ INVALID: list[tuple[str, bytes, str, str]] = [
         "'transaction_timestamp'",
     ),
     ("market", event("market", timestamp="2018-09-00T21:00:00Z"), "bad_timestamp", "'timestamp'"),
+    ("request", event("request", features=[1, 2]), "wrong_type", "'features' must be an object"),
+    ("request", event("request", features={"age": True}), "wrong_type", "'features.age'"),
+    ("request", event("request", features={"age": [45]}), "wrong_type", "'features.age'"),
+    ("request", event("request", features={"age": {"v": 1}}), "wrong_type", "'features.age'"),
+    ("request", event("request", features={"": 1}), "empty_field", "key of field 'features'"),
+    ("request", event("request", features={"f" * 129: 1}), "too_long", "key of field"),
+    ("request", event("request", features={"region": "r" * 257}), "too_long", "'features.region'"),
+    ("request", event("request", features={"age": 1e16}), "out_of_range", "'features.age'"),
+    (
+        "request",
+        event("request", features={f"f{n}": n for n in range(contracts.MAX_FEATURES + 1)}),
+        "out_of_range",
+        "at most 1024 entries",
+    ),
+    ("request", raw_event("request", "features", '{"age": NaN}'), "non_finite_number", "NaN"),
+    ("request", event("request", model=""), "empty_field", "'model'"),
+    ("request", event("request", timestamp="2024-05-01"), "bad_timestamp", "'timestamp'"),
 ]
 INVALID += [
     (kind, event(kind, **{name: MISSING}), "missing_field", f"'{name}'")
@@ -455,6 +482,11 @@ VALID: list[tuple[str, bytes]] = [
     ("label", event("label", fraud=False)),
     ("label", event("label", timestamp="2018-08-08T10:15:03Z")),
     ("label", event("label", chargeback_reason="10.4")),
+    ("request", event("request", features={})),
+    ("request", event("request", features={"age": -1e15, "x": 1e15, "y": "", "z": None})),
+    ("request", event("request", features={"r": "r" * 256, "f" * 128: 0})),
+    ("request", event("request", features={f"f{n}": n for n in range(contracts.MAX_FEATURES)})),
+    ("request", event("request", channel="web")),
 ]
 
 # Rules JSON Schema cannot express: the schema accepts these, the validator does not.
@@ -522,8 +554,10 @@ def test_rules_beyond_json_schema_are_enforced_by_the_validator(
 
 def test_every_error_code_is_produced_by_a_tested_input() -> None:
     produced = {sample[2] for sample in INVALID} | {sample[3] for sample in VALIDATOR_ONLY}
-    # those two are the worker's (tests/test_pipeline.py produces key_mismatch)
-    assert produced | {"internal_error", "key_mismatch"} == set(ERROR_CODES)
+    # the worker's: tests/test_pipeline.py produces key_mismatch, tests/test_tabular_stream.py
+    # the request codes that need a model's card
+    worker = {"internal_error", "key_mismatch", "unknown_model", "missing_feature", "null_feature"}
+    assert produced | worker == set(ERROR_CODES)
 
 
 def test_error_codes_are_unique_and_match_the_dead_letter_schema() -> None:
@@ -827,6 +861,17 @@ def test_score_and_alert_records_encode_to_schema_valid_json() -> None:
         ("score", score_record(score=1.0, event_type="market", event_timestamp=NOW)),
         ("alert", alert_record()),
         ("alert", alert_record(reasons=())),
+        # a count model's request: an expected claim frequency may pass 1, a reason may be null
+        ("score", score_record(score=1.7, event_type="request", model="claims")),
+        (
+            "alert",
+            alert_record(
+                score=2.5,
+                threshold=1.2,
+                event_type="request",
+                reasons=(Reason("MonthlyIncome", None, 0.4),),
+            ),
+        ),
     ):
         raw = contracts.encode(record)
         assert schema_accepts(kind, raw), raw
@@ -846,6 +891,9 @@ def test_score_and_alert_records_encode_to_schema_valid_json() -> None:
     [
         (lambda: score_record(score=math.nan), "non_finite_number"),
         (lambda: score_record(score=1.5), "out_of_range"),
+        (lambda: score_record(score=1.5, event_type="market"), "out_of_range"),
+        (lambda: score_record(score=-0.1, event_type="request"), "out_of_range"),
+        (lambda: alert_record(threshold=1.2), "out_of_range"),
         (lambda: score_record(scored_at=datetime(2024, 5, 1)), "bad_timestamp"),
         (lambda: score_record(scored_at="2024-05-01 09:00:00Z"), "bad_timestamp"),
         (lambda: score_record(event_timestamp="2021-02-29T00:00:00Z"), "bad_timestamp"),
@@ -859,6 +907,15 @@ def test_output_records_refuse_values_json_cannot_carry(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_the_score_schema_keeps_probabilities_within_one_but_not_frequencies() -> None:
+    document = json.loads(contracts.encode(score_record()))
+    assert not schema_accepts("score", json.dumps(document | {"score": 1.5}).encode())
+    request = document | {"score": 1.5, "event_type": "request"}
+    assert schema_accepts("score", json.dumps(request).encode())
+    alert = json.loads(contracts.encode(alert_record()))
+    assert not schema_accepts("alert", json.dumps(alert | {"threshold": 1.2}).encode())
 
 
 def test_output_timestamps_are_rfc_3339_text() -> None:

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from riskstream import contracts
-from riskstream.contracts import ContractError, Label, MarketEvent, Transaction
+from riskstream.contracts import ContractError, Label, MarketEvent, Request, Transaction
 
 SCHEMA_FILES = {"transaction": "transaction.json", "market": "market_indicator.json",
-                "label": "label.json"}  # fmt: skip
-STRUCTS = {"transaction": Transaction, "market": MarketEvent, "label": Label}
+                "label": "label.json", "request": "request.json"}  # fmt: skip
+STRUCTS = {"transaction": Transaction, "market": MarketEvent, "label": Label, "request": Request}
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
@@ -178,6 +178,12 @@ def field_values(kind: str, name: str) -> st.SearchStrategy[Any]:
             numbers | odd_values,
             max_size=3,
         ) | st.dictionaries(st.text(min_size=1, max_size=4), st.just(1.0), min_size=62, max_size=66)
+    elif name == "features":
+        plausible = st.dictionaries(
+            st.text(max_size=3) | st.text(min_size=127, max_size=130),
+            numbers | odd_values | st.text(max_size=3) | st.text(min_size=255, max_size=258),
+            max_size=3,
+        )
     else:
         plausible = ids
     return plausible
@@ -193,6 +199,8 @@ def near_valid_events(draw: st.DrawFn, kind: str) -> dict[str, Any]:
         "label": {"transaction_id": "tx-1", "timestamp": "2018-08-15T10:15:03Z",
                   "transaction_timestamp": "2018-08-08T10:15:03Z", "customer_id": "c-1",
                   "terminal_id": "t-1", "fraud": True},
+        "request": {"event_id": "app-1", "timestamp": "2024-05-01T09:00:00Z",
+                    "entity_id": "b-1", "model": "credit", "features": {"age": 45}},
     }[kind]  # fmt: skip
     if kind == "market" and draw(st.booleans()):
         low, first, second, high = sorted(
