@@ -45,6 +45,7 @@ from riskstream.batching import BatchScorer
 from riskstream.config import Settings
 from riskstream.faust_app import RiskstreamApp, faust_app
 from riskstream.features import fraud as fraud_features
+from riskstream.features.tabular import schema_from_card
 from riskstream.outbox import Outbox, Publisher
 from riskstream.table_writes import TableWrites
 from riskstream.watermarks import CAUGHT_UP, UNKNOWN, HoldQueue, SourceClocks
@@ -60,6 +61,7 @@ TOPIC_CHECK_SECONDS = 5.0
 BROKER_TIMEOUT_S = 10.0
 TOPIC_MISSES_BEFORE_EXIT = 2  # a topic must be missing in two checks in a row
 STALL_WARNING_SECONDS = 30.0
+WINDOW_MODELS = ("fraud", "market")  # fed by windowed state; every other model is tabular
 
 
 @dataclasses.dataclass
@@ -399,7 +401,8 @@ def build_app(
     metrics: Any,
     partitions: dict[str, int],
 ) -> faust.App:
-    """Wire the topology for the models given (`fraud`, `market`); returns the Faust app."""
+    """Wire the topology for the models given (`fraud`, `market`, tabular models by name);
+    returns the Faust app."""
     topics = settings.topics
     fraud_partitions = partitions.get(topics.transactions, settings.worker.partitions)
     app = faust_app(settings, fraud_partitions)
@@ -412,6 +415,10 @@ def build_app(
     if "market" in models:
         market_partitions = partitions.get(topics.market, settings.worker.partitions)
         _wire_market(stages, models["market"], market_partitions)
+    tabular = {name: model for name, model in models.items() if name not in WINDOW_MODELS}
+    if tabular:
+        request_partitions = partitions.get(topics.requests, settings.worker.partitions)
+        _wire_requests(stages, tabular, request_partitions)
     _watch_topics(app, settings, progress)
 
     @app.on_partitions_assigned.connect
@@ -733,3 +740,37 @@ def _wire_market(stages: Stages, model: Any, partitions: int) -> None:
         await stages.publish(tp, offsets, outbox, observe)
 
     _consume_in_batches(app, market, "market-stage", market_stage)
+
+
+def _wire_requests(stages: Stages, models: dict[str, Any], partitions: int) -> None:
+    """Tabular models: each request is scored by the model it names, a batch per model."""
+    app, topics = stages.app, stages.settings.topics
+    requests = app.topic(topics.requests, partitions=partitions, **RAW)
+    schemas = {name: schema_from_card(model.card) for name, model in models.items()}
+    scorers = {name: stages.scorer(model, topics.requests) for name, model in models.items()}
+    stages.progress.sources.add(requests.get_topic_name())
+
+    async def request_stage(tp: Any, records: list[Any]) -> None:
+        """Validate each request against its model's input schema; score per model."""
+        outbox = stages.outbox()
+        ready: dict[str, list[pipeline.PendingScore]] = {}
+        for record in records:
+            ok, pending = stages.run_step(
+                outbox, record, pipeline.request_stage, record.value, record.timestamp, schemas
+            )
+            if ok:
+                ready.setdefault(pending.model, []).append(pending)
+        observers = [scorers[name].score_into(items, outbox) for name, items in ready.items()]
+        offsets = [record.offset for record in records]
+        stages.progress.saw(tp.topic, tp.partition, offsets[-1])
+        await stages.publish(tp, offsets, outbox, _all_of(observers) if observers else None)
+
+    _consume_in_batches(app, requests, "request-stage", request_stage)
+
+
+def _all_of(calls: list[Callable[[], None]]) -> Callable[[], None]:
+    def call_all() -> None:
+        for call in calls:
+            call()
+
+    return call_all

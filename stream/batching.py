@@ -139,7 +139,9 @@ class BatchScorer:
 
 
 def _reason(reason: Any) -> contracts.Reason:
-    """The record form of a scoring explanation (feature, its value, how much it added)."""
+    """The record form of a scoring explanation (feature, its value or None, how much it
+    added)."""
+    value = None if reason.value is None else float(reason.value)
     return contracts.Reason(
-        feature=reason.feature, value=float(reason.value), contribution=float(reason.contribution)
+        feature=reason.feature, value=value, contribution=float(reason.contribution)
     )

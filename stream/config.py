@@ -20,6 +20,7 @@ class Topics:
     transactions: str = "transactions"
     market: str = "market.indicators"
     labels: str = "risk.labels"
+    requests: str = "risk.requests"
     scores: str = "risk.scores"
     alerts: str = "risk.alerts"
     dlq: str = "risk.dlq"
@@ -30,6 +31,7 @@ class Topics:
             transactions=env.get("RISKSTREAM_TOPIC_TRANSACTIONS", cls.transactions),
             market=env.get("RISKSTREAM_TOPIC_MARKET", cls.market),
             labels=env.get("RISKSTREAM_TOPIC_LABELS", cls.labels),
+            requests=env.get("RISKSTREAM_TOPIC_REQUESTS", cls.requests),
             scores=env.get("RISKSTREAM_TOPIC_SCORES", cls.scores),
             alerts=env.get("RISKSTREAM_TOPIC_ALERTS", cls.alerts),
             dlq=env.get("RISKSTREAM_TOPIC_DLQ", cls.dlq),
@@ -89,6 +91,8 @@ class WorkerSettings:
     store: str = "memory://"
     data_dir: Path = Path(".riskstream-data")
     models: tuple[str, ...] = ("fraud", "market")
+    # Tabular models served on the requests topic: "*" is every tabular model in MODELS_DIR.
+    tabular_models: tuple[str, ...] = ("*",)
     partitions: int = 6
     batch_size: int = 512
     watermark_interval_ms: int = 500
@@ -113,10 +117,9 @@ class WorkerSettings:
             app_id=env.get("RISKSTREAM_APP_ID", cls.app_id),
             store=env.get("RISKSTREAM_STORE", cls.store),
             data_dir=Path(env.get("RISKSTREAM_DATA_DIR", str(cls.data_dir))),
-            models=tuple(
-                name.strip()
-                for name in env.get("RISKSTREAM_MODELS", ",".join(cls.models)).split(",")
-                if name.strip()
+            models=_names(env.get("RISKSTREAM_MODELS", ",".join(cls.models))),
+            tabular_models=_names(
+                env.get("RISKSTREAM_TABULAR_MODELS", ",".join(cls.tabular_models))
             ),
             partitions=int(env.get("RISKSTREAM_PARTITIONS", cls.partitions)),
             batch_size=int(env.get("RISKSTREAM_BATCH_SIZE", cls.batch_size)),
@@ -140,6 +143,11 @@ class WorkerSettings:
             commit_interval_s=float(env.get("RISKSTREAM_COMMIT_INTERVAL_S", cls.commit_interval_s)),
             log_level=env.get("RISKSTREAM_LOG_LEVEL", cls.log_level).lower(),
         )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names; blanks dropped ("" is the empty list)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 @dataclasses.dataclass(frozen=True)

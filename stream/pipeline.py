@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
 
 import msgspec
@@ -24,6 +24,7 @@ from riskstream import contracts
 from riskstream.contracts import ContractError
 from riskstream.features import fraud as fraud_features
 from riskstream.features import market as market_features
+from riskstream.features.tabular import TabularInputError, TabularSchema
 
 StateTable = MutableMapping[bytes, bytes]
 
@@ -240,5 +241,45 @@ def market_stage(
         entity_id=bar.instrument,
         event_timestamp=rfc3339(bar.timestamp),
         vector=list(vector),
+        source_timestamp_ms=timestamp_ms,
+    )
+
+
+# The codes a tabular model's input schema raises that a request can cause (the contract already
+# rules out a features value that is not an object); anything else is a bug, not bad input.
+_REQUEST_ERROR_CODES = frozenset(
+    {"missing_feature", "null_feature", "wrong_type", "non_finite_number"}
+)
+
+
+def request_stage(
+    raw: bytes | None, timestamp_ms: int, schemas: Mapping[str, TabularSchema]
+) -> PendingScore:
+    """Validate a request against its contract and its model's input schema; return the row.
+
+    Stateless: a tabular model scores one record of indicators, so the Kafka key (the entity id
+    by convention) only spreads requests over partitions and is not checked.
+    """
+    request = contracts.decode_request(raw)
+    schema = schemas.get(request.model)
+    if schema is None:
+        served = ", ".join(sorted(schemas)) or "none"
+        raise ContractError(
+            "unknown_model",
+            f"no tabular model named {request.model!r} is served here (served: {served})",
+        )
+    try:
+        row = schema.encode_record(request.features)
+    except TabularInputError as error:
+        if error.code not in _REQUEST_ERROR_CODES:
+            raise
+        raise ContractError(error.code, f"model {request.model!r}: {error.detail}") from None
+    return PendingScore(
+        model=request.model,
+        event_id=request.event_id,
+        event_type="request",
+        entity_id=request.entity_id,
+        event_timestamp=rfc3339(request.timestamp),
+        vector=row.tolist(),
         source_timestamp_ms=timestamp_ms,
     )

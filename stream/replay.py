@@ -42,11 +42,12 @@ class ReplayStats:
     transactions: int = 0
     labels: int = 0
     market: int = 0
+    requests: int = 0
     seconds: float = 0.0
 
     @property
     def total(self) -> int:
-        return self.transactions + self.labels + self.market
+        return self.transactions + self.labels + self.market + self.requests
 
 
 _encoder = msgspec.json.Encoder()
@@ -122,6 +123,39 @@ def market_events(history: MarketHistory, rows: np.ndarray, topic: str) -> Itera
         if history.vix is not None:
             event["indicators"] = {"vix": float(history.vix[i])}
         yield Outgoing(float(history.timestamp[i]), topic, key, _encoder.encode(event))
+
+
+def request_events(
+    path: Path, models_dir: Path, name: str, topic: str
+) -> tuple[int, Iterator[Outgoing]]:
+    """A labelled table's rows as requests to tabular model `name`, read with the model's own
+    input schema (the rows `riskstream evaluate --scores-out` scores, named the same way: the
+    model's --id column, or the 1-based row number). Timestamps: the model's --time column,
+    else now."""
+    from riskstream.features.tabular import schema_from_card
+    from riskstream.scoring import load_model
+    from riskstream.training.tabular_data import TableSpec, load_scoring_rows
+
+    card = load_model(models_dir, name).card
+    if card.get("kind") != "tabular":
+        raise ValueError(f"model {name!r} is not a tabular model: replay its history instead")
+    rows, _ = load_scoring_rows(path, TableSpec.from_card(card), schema_from_card(card))
+    now = time.time()
+
+    def events() -> Iterator[Outgoing]:
+        for i in range(len(rows)):
+            event_time = float(rows.timestamps[i]) if rows.timestamps is not None else now
+            event_id = str(rows.event_ids[i])
+            request = {
+                "event_id": event_id,
+                "timestamp": timestamp_text(event_time),
+                "entity_id": event_id,
+                "model": name,
+                "features": rows.record(i),
+            }
+            yield Outgoing(event_time, topic, event_id.encode(), _encoder.encode(request))
+
+    return len(rows), events()
 
 
 class RateLimiter:
@@ -204,6 +238,8 @@ def _count(stats: ReplayStats, settings: Settings, topic: str) -> None:
         stats.labels += 1
     elif topic == settings.topics.market:
         stats.market += 1
+    elif topic == settings.topics.requests:
+        stats.requests += 1
     else:
         stats.transactions += 1
 
@@ -261,6 +297,17 @@ def _detect_kind(path: Path) -> Literal["transactions", "market"]:
     help="Market only: a VIX CSV whose close becomes the `vix` indicator.",
 )
 @click.option("--instrument", help="Market only: instrument name [default: the file name].")
+@click.option(
+    "--model",
+    "model_name",
+    help="A labelled table: send each row as a request to this tabular model (a folder of "
+    "--models-dir), to risk.requests, named by the model's --id column or the row number.",
+)
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --model: where the model lives [env RISKSTREAM_MODELS_DIR, default models].",
+)
 @click.option("--bootstrap-servers", help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS].")
 def replay_command(
     path: Path,
@@ -272,13 +319,17 @@ def replay_command(
     rate: float,
     vix_path: Path | None,
     instrument: str | None,
+    model_name: str | None,
+    models_dir: Path | None,
     bootstrap_servers: str | None,
 ) -> None:
     """Publish a CSV of history to Kafka as JSON events, in event-time order.
 
     PATH is our own CSV format, the Fraud Detection Handbook's columns, or a daily OHLCV CSV
     (plain or gzipped). Transactions go out keyed by customer_id with, optionally, their fraud
-    labels to risk.labels after --label-delay-days of event time.
+    labels to risk.labels after --label-delay-days of event time. With --model, PATH is a
+    labelled table (the kind `riskstream train tabular` reads) and every row becomes a request
+    to that tabular model.
     """
     from rich.console import Console
 
@@ -286,11 +337,22 @@ def replay_command(
     from riskstream.kafka import BrokerUnavailable
 
     console = Console(stderr=True)
-    settings = Settings.from_env(bootstrap_servers=bootstrap_servers)
+    settings = Settings.from_env(bootstrap_servers=bootstrap_servers, models_dir=models_dir)
     first = start.date() if start else None
     last = end.date() if end else None
     try:
-        if _detect_kind(path) == "market":
+        if model_name is not None:
+            from riskstream.scoring import ModelError
+            from riskstream.training.tabular_data import TableError
+
+            try:
+                total, events = request_events(
+                    path, settings.models_dir, model_name, topic or settings.topics.requests
+                )
+            except (ModelError, TableError) as exc:
+                raise ValueError(str(exc)) from exc
+            rows = np.arange(total)
+        elif _detect_kind(path) == "market":
             market = load_market(path, vix_path, instrument)
             rows = _selected(market, first, last)
             events = market_events(market, rows, topic or settings.topics.market)
@@ -318,6 +380,6 @@ def replay_command(
         return
     console.print(
         f"[green]published[/] {stats.transactions:,} transactions, {stats.labels:,} labels, "
-        f"{stats.market:,} market events in {stats.seconds:.1f} s "
+        f"{stats.market:,} market events, {stats.requests:,} requests in {stats.seconds:.1f} s "
         f"({stats.total / max(stats.seconds, 1e-9):,.0f} events/s)"
     )

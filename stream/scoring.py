@@ -102,6 +102,28 @@ def resolve_model_dir(path: Path) -> Path:
     return newest_version_dir(path)
 
 
+def tabular_model_names(models_dir: Path) -> list[str]:
+    """The model folders of MODELS_DIR whose newest version is a tabular model (what the worker
+    serves on the requests topic besides the models it is told to serve). A folder whose newest
+    card cannot be read counts too, so that loading it says what is wrong with it."""
+    found = []
+    for child in sorted(Path(models_dir).iterdir()) if Path(models_dir).is_dir() else []:
+        if not child.is_dir() or child.name in KNOWN_MODELS:
+            continue
+        try:
+            card = _read_card(newest_version_dir(child))
+        except ModelError:
+            continue  # not a model folder (no version inside), or fraud/market's business
+        if is_tabular_card(card):
+            found.append(child.name)
+    return found
+
+
+def is_count_model(model: Model) -> bool:
+    """A tabular model of claim counts: its score is an expected frequency, not a probability."""
+    return model.card.get("task") == "poisson"
+
+
 def _read_card(version_dir: Path) -> dict[str, Any]:
     card_path = version_dir / CARD_FILE
     name = version_dir.parent.name
@@ -297,7 +319,7 @@ class Model:
         return [
             Reason(
                 feature=self.features[j],
-                value=float(row[j]),
+                value=float(row[j]) if math.isfinite(row[j]) else None,  # a missing input
                 contribution=float(contribution[j]),
             )
             for j in chosen
@@ -334,14 +356,21 @@ def load_model(
     ModelError with what to do about it.
     """
     if name is not None:
-        if name not in KNOWN_MODELS:
-            expected_features_for(name)  # raises the unknown-name ModelError
+        if name not in KNOWN_MODELS and not (Path(path) / name).is_dir():
+            served = ", ".join([*KNOWN_MODELS, *tabular_model_names(Path(path))])
+            raise ModelError(
+                f"unknown model name {name!r}: {Path(path) / name} does not exist (riskstream "
+                f"serves {served} from {path}); train it first: "
+                f"{TABULAR_RETRAIN_HINT.format(name=name)}"
+            )
         version_dir = newest_version_dir(Path(path) / name)
     else:
         version_dir = resolve_model_dir(Path(path))
     card = _read_card(version_dir)
     card_path = version_dir / CARD_FILE
     card_name = card["name"]
+    if name is not None and name not in KNOWN_MODELS and not is_tabular_card(card):
+        expected_features_for(name)  # raises the unknown-name ModelError
     if name is not None and card_name != name:
         raise ModelError(
             f"{card_path} describes model {card_name!r} but sits under {name!r}: move it to "

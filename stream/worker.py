@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 from collections.abc import Collection
 from pathlib import Path
@@ -33,10 +34,20 @@ def load_models(settings: Settings) -> dict[str, Any]:
     """The newest version of every configured model; ModelError says what is wrong."""
     from riskstream.scoring import load_model
 
-    models = {name: load_model(settings.models_dir, name) for name in settings.worker.models}
+    names = list(dict.fromkeys([*settings.worker.models, *_tabular_names(settings)]))
+    models = {name: load_model(settings.models_dir, name) for name in names}
     for model in models.values():
         check_model_scores(model)
     return models
+
+
+def _tabular_names(settings: Settings) -> list[str]:
+    """Every tabular model in MODELS_DIR is served, unless RISKSTREAM_TABULAR_MODELS says
+    otherwise (see WorkerSettings.tabular_models)."""
+    from riskstream.scoring import tabular_model_names
+
+    chosen = settings.worker.tabular_models
+    return tabular_model_names(settings.models_dir) if chosen == ("*",) else list(chosen)
 
 
 def check_model_scores(model: Any) -> None:
@@ -45,9 +56,10 @@ def check_model_scores(model: Any) -> None:
     start."""
     import numpy as np
 
-    from riskstream.scoring import RETRAIN_HINT, ModelError
+    from riskstream.scoring import RETRAIN_HINT, TABULAR_RETRAIN_HINT, ModelError, is_count_model
 
-    hint = RETRAIN_HINT.format(name=model.name)
+    tabular = model.card.get("kind") == "tabular"
+    hint = (TABULAR_RETRAIN_HINT if tabular else RETRAIN_HINT).format(name=model.name)
     typical = np.asarray([model.card["feature_means"]], dtype=np.float32)
     try:
         scores = model.score(typical)
@@ -56,15 +68,21 @@ def check_model_scores(model: Any) -> None:
             f"{model.path}: scoring one typical row failed ({type(exc).__name__}: "
             f"{str(exc).strip()[:300]}): the ONNX graph is broken; {hint}"
         ) from exc
-    if scores.shape != (1,) or not 0.0 <= float(scores[0]) <= 1.0:  # NaN fails the range test
+    top, what = (
+        (math.inf, "expected frequency >= 0")
+        if is_count_model(model)
+        else (1.0, "probability in [0, 1]")
+    )
+    if scores.shape != (1,) or not 0.0 <= float(scores[0]) <= top:  # NaN fails the range test
         raise ModelError(
             f"{model.path}: scoring one typical row returned {scores.tolist()!r}, not one "
-            f"probability in [0, 1]: the ONNX graph is broken or is not a riskstream model; {hint}"
+            f"{what}: the ONNX graph is broken or is not a riskstream model; {hint}"
         )
 
 
-def input_topics(settings: Settings) -> dict[str, int]:
-    """The topics this worker reads or writes, with the partition count to create them with."""
+def input_topics(settings: Settings, models: Collection[str]) -> dict[str, int]:
+    """The topics this worker reads or writes, with the partition count to create them with
+    (`models`: the names of the models it serves)."""
     topics = settings.topics
     wanted = {
         topics.scores: settings.worker.partitions,
@@ -76,6 +94,8 @@ def input_topics(settings: Settings) -> dict[str, int]:
         wanted[topics.labels] = settings.worker.partitions
     if "market" in settings.worker.models:
         wanted[topics.market] = 1
+    if any(name not in ("fraud", "market") for name in models):
+        wanted[topics.requests] = settings.worker.partitions
     return wanted
 
 
@@ -172,7 +192,7 @@ def run_worker(settings: Settings) -> None:
 
     outputs = {settings.topics.scores, settings.topics.alerts, settings.topics.dlq}
     partitions = loop.run_until_complete(
-        wait_for_topics(settings, input_topics(settings), written_only_by_us=outputs)
+        wait_for_topics(settings, input_topics(settings, models), written_only_by_us=outputs)
     )
     log.info("topics ready: %s", partitions)
     health.app = build_app(settings, models, metrics, partitions)

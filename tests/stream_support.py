@@ -55,6 +55,7 @@ class StreamEnv:
             "RISKSTREAM_TOPIC_TRANSACTIONS": f"transactions-{i}",
             "RISKSTREAM_TOPIC_MARKET": f"market-{i}",
             "RISKSTREAM_TOPIC_LABELS": f"labels-{i}",
+            "RISKSTREAM_TOPIC_REQUESTS": f"requests-{i}",
             "RISKSTREAM_TOPIC_SCORES": f"scores-{s}",
             "RISKSTREAM_TOPIC_ALERTS": f"alerts-{s}",
             "RISKSTREAM_TOPIC_DLQ": f"dlq-{s}",

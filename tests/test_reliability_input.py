@@ -51,6 +51,7 @@ SEED = 20250107
 TOLERANCE = 1e-5
 DAY = 86_400.0
 TX, LABELS, MARKET = "transactions", "labels", "market"
+REQUESTS = "requests"  # tabular models' input: its catalogue runs in tests/test_tabular_stream.py
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # the test producer must be able to send > 1 MB
 
 
@@ -134,11 +135,34 @@ TEMPLATES: dict[str, dict[str, Any]] = {
         "volume": 1_000_000.0,
         "indicators": {"vix": 15.0},
     },
+    REQUESTS: {
+        "event_id": "bad-request",
+        "timestamp": "2025-01-10T10:00:00Z",
+        "entity_id": "B-bad",
+        "model": "loans",
+        "features": {"income": 2500.0},
+    },
 }
-ID_FIELD = {TX: "transaction_id", LABELS: "transaction_id", MARKET: "instrument"}
-KEY_FIELD = {TX: "customer_id", LABELS: "transaction_id", MARKET: "instrument"}
-STRING_FIELD = {TX: "customer_id", LABELS: "terminal_id", MARKET: "instrument"}
-NUMBER_FIELD = {TX: "amount", LABELS: "fraud", MARKET: "close"}  # fraud: a boolean
+ID_FIELD = {
+    TX: "transaction_id",
+    LABELS: "transaction_id",
+    MARKET: "instrument",
+    REQUESTS: "event_id",
+}
+KEY_FIELD = {
+    TX: "customer_id",
+    LABELS: "transaction_id",
+    MARKET: "instrument",
+    REQUESTS: "entity_id",
+}
+STRING_FIELD = {
+    TX: "customer_id",
+    LABELS: "terminal_id",
+    MARKET: "instrument",
+    REQUESTS: "entity_id",
+}
+# fraud: a boolean; features: an object (the catalogue's number cases break it all the same)
+NUMBER_FIELD = {TX: "amount", LABELS: "fraud", MARKET: "close", REQUESTS: "features"}
 
 
 def epoch(text: str) -> float:
@@ -252,7 +276,12 @@ def test_the_catalogue_is_wide_enough() -> None:
     for role in (TX, LABELS, MARKET):
         assert len({bad.kind for bad in bads if bad.role == role}) >= 25
     assert len({bad.case for bad in bads}) == len(bads)
-    assert {bad.code for bad in bads} >= set(contracts.ERROR_CODES) - {"internal_error"}
+    # The request codes that need a model's card are in tests/test_tabular_stream.py's catalogue.
+    card_codes = {"unknown_model", "missing_feature", "null_feature"}
+    assert {bad.code for bad in bads} >= set(contracts.ERROR_CODES) - {
+        "internal_error",
+        *card_codes,
+    }
 
 
 # --- the run ----------------------------------------------------------------------------------
