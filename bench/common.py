@@ -1,4 +1,5 @@
-"""What every benchmark phase shares: worker processes, /proc readings, reading topics back.
+"""What every benchmark phase shares: worker processes, /proc readings, reading topics back,
+and the command-line options and result files of the benchmark scripts (run.py, handbook.py).
 
 Kept free of the test suite's helpers on purpose: the benchmark must keep working while tests
 change, and it needs CPU-time and RSS readings that tests have no use for.
@@ -18,8 +19,12 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
 
 from riskstream.broker import free_port
 from riskstream.demo import BUNDLED_MODELS
@@ -27,6 +32,8 @@ from riskstream.demo import BUNDLED_MODELS
 BENCH_DIR = Path(__file__).resolve().parent
 PARTITIONS = 4
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def short_id() -> str:
@@ -287,3 +294,48 @@ def read_topic(bootstrap: str, topic: str) -> list[Record]:
 def stop_all(processes: Sequence[WorkerProcess]) -> None:
     for process in processes:
         process.stop()
+
+
+# ------------------------------------------------------------------ the scripts' command lines
+# run.py and handbook.py take the same kinds of options (worded for what each measures) and save
+# their results the same way, so a reader of one script's output can read the other's.
+
+
+def quick_option(help: str) -> Callable[[F], F]:
+    return click.option("--quick", is_flag=True, help=help)
+
+
+def events_option(help: str) -> Callable[[F], F]:
+    return click.option("--events", type=click.IntRange(min=1000), help=help)
+
+
+def rates_option(help: str) -> Callable[[F], F]:
+    """--rate, repeatable: one offered rate a timed phase per value."""
+    return click.option("--rate", "rates", type=click.FloatRange(min=1), multiple=True, help=help)
+
+
+def seconds_per_rate_option(name: str, help: str) -> Callable[[F], F]:
+    return click.option(name, type=click.FloatRange(min=3), help=help)
+
+
+def results_out_option(help: str) -> Callable[[F], F]:
+    return click.option("--out", type=click.Path(file_okay=False, path_type=Path), help=help)
+
+
+def run_and_save(
+    out: Path,
+    measure: Callable[[Console], dict[str, Any]],
+    render: Callable[[dict[str, Any], Console], None],
+    as_json: Callable[[dict[str, Any]], str],
+    what_is_kept: str,
+) -> None:
+    """Run `measure`, print its table and keep both the table (report.txt) and the numbers
+    (results.json) in `out`: a run is only worth its cost if it can be compared later."""
+    console = Console(record=True, width=160)
+    started = time.monotonic()
+    results = measure(console)
+    results["seconds"] = time.monotonic() - started
+    render(results, console)
+    (out / "results.json").write_text(as_json(results))
+    console.save_text(str(out / "report.txt"))
+    console.print(f"\n[dim]{what_is_kept} in {out}[/]")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import tempfile
 import time
@@ -55,7 +56,13 @@ from common import (
     BenchTopics,
     WorkerProcess,
     cpu_seconds,
+    events_option,
+    quick_option,
+    rates_option,
+    results_out_option,
     rss_bytes,
+    run_and_save,
+    seconds_per_rate_option,
     short_id,
 )
 from latency import (
@@ -610,6 +617,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _plan(
+    *,
     quick: bool,
     data: Path,
     start: datetime,
@@ -636,7 +644,7 @@ def _plan(
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="Smoke run: 5,000 transactions, 3 s per rate.")
+@quick_option("Smoke run: 5,000 transactions, 3 s per rate.")
 @click.option(
     "--data",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -651,51 +659,23 @@ def _plan(
     show_default=True,
     help="First day of the backlog (UTC).",
 )
-@click.option(
-    "--events",
-    type=click.IntRange(min=1000),
-    help="Transactions in the backlog [150000; quick 5000].",
-)
+@events_option("Transactions in the backlog [150000; quick 5000].")
 @click.option(
     "--partitions", type=click.IntRange(min=1), default=4, show_default=True, help="Per topic."
 )
-@click.option(
-    "--rate",
-    "rates",
-    type=click.FloatRange(min=1),
-    multiple=True,
-    help="Offered transactions/s in the live phase; repeat for several [500 and 2000].",
-)
-@click.option(
-    "--live-seconds",
-    type=click.FloatRange(min=3),
-    help="Seconds of traffic per live rate [12; quick 3].",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for results.json, report.txt and the worker's log [new temp folder].",
-)
-def main(
-    quick: bool,
-    data: Path,
-    start: datetime,
-    events: int | None,
-    partitions: int,
-    rates: tuple[float, ...],
-    live_seconds: float | None,
-    out: Path | None,
-) -> None:
+@rates_option("Offered transactions/s in the live phase; repeat for several [500 and 2000].")
+@seconds_per_rate_option("--live-seconds", "Seconds of traffic per live rate [12; quick 3].")
+@results_out_option("Folder for results.json, report.txt and the worker's log [new temp folder].")
+def main(**options: Any) -> None:
     """Measure one riskstream worker on the handbook's transactions against the ceiling."""
-    plan = _plan(quick, data, start, events, partitions, rates, live_seconds, out)
-    console = Console(record=True, width=160)
-    started = time.monotonic()
-    results = run(plan, console)
-    results["seconds"] = time.monotonic() - started
-    render(results, console)
-    (plan.out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
-    console.save_text(str(plan.out / "report.txt"))
-    console.print(f"\n[dim]results and the worker's log in {plan.out}[/]")
+    plan = _plan(**options)  # the options are _plan's parameters, typed there
+    run_and_save(
+        plan.out,
+        functools.partial(run, plan),
+        render,
+        lambda results: json.dumps(results, indent=2, default=_json_default),
+        "results and the worker's log",
+    )
 
 
 if __name__ == "__main__":

@@ -12,17 +12,25 @@ bench/README.md for the method and for what the numbers mean.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from common import BENCH_DIR
+from common import (
+    BENCH_DIR,
+    events_option,
+    quick_option,
+    rates_option,
+    results_out_option,
+    run_and_save,
+    seconds_per_rate_option,
+)
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -189,29 +197,15 @@ def _latency(plan: Plan, console: Console, bootstrap: str, dataset: Dataset) -> 
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="Smoke run: few events, one repetition (< 1 min).")
-@click.option(
-    "--events", type=click.IntRange(min=1000), help="Events per throughput run [20000; quick 2000]."
-)
+@quick_option("Smoke run: few events, one repetition (< 1 min).")
+@events_option("Events per throughput run [20000; quick 2000].")
 @click.option(
     "--repeat", type=click.IntRange(min=1), help="Repetitions per throughput setup [3; quick 1]."
 )
-@click.option(
-    "--rate",
-    "rates",
-    type=click.FloatRange(min=1),
-    multiple=True,
-    help="Offered events/s for the latency run; repeat for several [100 and 500; quick 500].",
-)
-@click.option(
-    "--latency-seconds",
-    type=click.FloatRange(min=3),
-    help="Seconds of traffic per latency rate [12; quick 3].",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for results.json, report.txt, worker logs, the raw profile [new temp folder].",
+@rates_option("Offered events/s for the latency run; repeat for several [100 and 500; quick 500].")
+@seconds_per_rate_option("--latency-seconds", "Seconds of traffic per latency rate [12; quick 3].")
+@results_out_option(
+    "Folder for results.json, report.txt, worker logs, the raw profile [new temp folder]."
 )
 def main(
     quick: bool,
@@ -225,14 +219,13 @@ def main(
     from report import render, to_json
 
     plan = _plan(quick, events, repeat, rates, latency_seconds, out)
-    console = Console(record=True, width=160)
-    started = time.monotonic()
-    results = run(plan, console)
-    results["seconds"] = time.monotonic() - started
-    render(results, console)
-    (plan.out / "results.json").write_text(json.dumps(to_json(results), indent=2))
-    console.save_text(str(plan.out / "report.txt"))
-    console.print(f"\n[dim]results, worker logs and the raw profile in {plan.out}[/]")
+    run_and_save(
+        plan.out,
+        functools.partial(run, plan),
+        render,
+        lambda results: json.dumps(to_json(results), indent=2),
+        "results, worker logs and the raw profile",
+    )
 
 
 if __name__ == "__main__":

@@ -326,6 +326,18 @@ def lightgbm_poisson(frame: Any, learning: np.ndarray, test: np.ndarray) -> dict
     }
 
 
+def fremtpl2_arguments(
+    data: Path, label: str, name: str, held_out: Path, seed: int, options: list[str]
+) -> list[str]:
+    """`train tabular` arguments for a freMTPL2 model: both models (claim counts and any claim)
+    name rows by IDpol and hold out the same rows, so their test figures are comparable."""
+    return [
+        *("--data", str(data), "--label", label, "--name", name, "--id", "IDpol"),
+        *("--test-rows", str(held_out), "--seed", str(seed)),
+        *options,
+    ]
+
+
 def fremtpl2(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     frame = fremtpl2_frame()
     n_rows = len(frame)
@@ -342,32 +354,13 @@ def fremtpl2(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     learning_file = write_rows(work / "fremtpl2-scored-learning.txt", scored_learning)
     runs = []
     for seed in args.seeds:
-        run = train(
-            [
-                "--data",
-                str(FREMTPL2),
-                "--label",
-                "ClaimNb",
-                "--name",
-                "claims",
-                "--task",
-                "poisson",
-                "--exposure",
-                "Exposure",
-                "--id",
-                "IDpol",
-                "--max-label",
-                "4",
-                "--max-exposure",
-                "1",
-                "--test-rows",
-                str(held_out_file),
-                "--seed",
-                str(seed),
-                *args.flags,
-            ],
-            work / "models",
-        )
+        options = [
+            *("--task", "poisson", "--exposure", "Exposure"),
+            *("--max-label", "4", "--max-exposure", "1"),
+            *args.flags,
+        ]
+        arguments = fremtpl2_arguments(FREMTPL2, "ClaimNb", "claims", held_out_file, seed, options)
+        run = train(arguments, work / "models")
         on_test = evaluate(run.version_dir, FREMTPL2, test_file)
         on_learning = evaluate(run.version_dir, FREMTPL2, learning_file)
         entry = {
@@ -390,24 +383,10 @@ def fremtpl2(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     table = any_claim_csv(frame, work / "fremtpl2-any-claim.csv.gz")
     binary_runs = []
     for seed in args.binary_seeds:
-        run = train(
-            [
-                "--data",
-                str(table),
-                "--label",
-                "AnyClaim",
-                "--name",
-                "anyclaim",
-                "--id",
-                "IDpol",
-                "--test-rows",
-                str(held_out_file),
-                "--seed",
-                str(seed),
-                *args.binary_flags,
-            ],
-            work / "models",
+        arguments = fremtpl2_arguments(
+            table, "AnyClaim", "anyclaim", held_out_file, seed, args.binary_flags
         )
+        run = train(arguments, work / "models")
         measured = evaluate(run.version_dir, table, test_file)
         entry = {
             "seed": seed,

@@ -27,6 +27,16 @@ def _quiet(_: str) -> None:
     return None
 
 
+def masked_fields(rows: object, mask: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named per-row arrays of `rows`, cut down to the rows `mask` keeps: what a `subset`
+    passes to `dataclasses.replace`, so that adding a per-row field means naming it once."""
+    return {name: getattr(rows, name)[mask] for name in names}
+
+
+# LabeledRows' fields with one entry per row: what `subset` cuts down.
+LABELED_ROW_ARRAYS = ("features", "labels", "timestamps", "event_ids", "entity_ids", "labelled")
+
+
 @dataclass(frozen=True)
 class LabeledRows:
     """Feature rows with their labels and the identities evaluation needs."""
@@ -52,15 +62,7 @@ class LabeledRows:
         return np.floor(self.timestamps / SECONDS_PER_DAY).astype(np.int64)
 
     def subset(self, mask: np.ndarray) -> LabeledRows:
-        return replace(
-            self,
-            features=self.features[mask],
-            labels=self.labels[mask],
-            timestamps=self.timestamps[mask],
-            event_ids=self.event_ids[mask],
-            entity_ids=self.entity_ids[mask],
-            labelled=self.labelled[mask],
-        )
+        return replace(self, **masked_fields(self, mask, LABELED_ROW_ARRAYS))
 
 
 def file_sha256(path: Path) -> str:

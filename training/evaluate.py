@@ -20,14 +20,18 @@ import sys
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
+from riskstream.training import cli_options
 from riskstream.training.datasets import LabeledRows, day_number
+
+if TYPE_CHECKING:
+    from riskstream.training.tabular_data import TabularRows
 
 HANDBOOK_LOOKBACK_DAYS = 14  # training week + label-delay gap before the handbook's test week
 SCORE_CHUNK = 65_536
@@ -205,11 +209,8 @@ def _as_date(value: datetime | None) -> date | None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A model version folder, or a model-name folder (its newest version is used).",
 )
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Labelled history: transactions (our CSV or the handbook's) or daily OHLCV bars.",
+@cli_options.data_option(
+    "Labelled history: transactions (our CSV or the handbook's) or daily OHLCV bars."
 )
 @click.option("--from", "start", type=DATE, help="First evaluated day (inclusive).")
 @click.option("--to", "end", type=DATE, help="Last evaluated day (inclusive).")
@@ -236,21 +237,13 @@ def _as_date(value: datetime | None) -> date | None:
     help="fraud: first day whose frauds count as known. Default: --from − 14 days (the "
     "handbook's training week before its 7-day gap).",
 )
-@click.option(
-    "--test-rows",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="tabular: evaluate only these 1-based data-row positions (one a line), e.g. the file "
-    "given to `train tabular --test-rows`.",
-)
-@click.option(
-    "--test-fraction",
-    type=click.FloatRange(0, 0.5),
-    default=0.0,
-    help="tabular: evaluate the seeded test split `train tabular --test-fraction` held out "
-    "(same fraction and --split-seed).",
-)
-@click.option(
-    "--split-seed", type=int, default=0, help="tabular: seed of the --test-fraction split."
+@cli_options.held_out_options(
+    test_rows_help="tabular: evaluate only these 1-based data-row positions (one a line), e.g. "
+    "the file given to `train tabular --test-rows`.",
+    test_fraction_help="tabular: evaluate the seeded test split `train tabular --test-fraction` "
+    "held out (same fraction and --split-seed).",
+    split_seed_help="tabular: seed of the --test-fraction split.",
+    show_defaults=False,
 )
 @click.option(
     "--top-k",
@@ -317,18 +310,8 @@ def evaluate_command(
             )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    if scores_out is not None:
-        write_scores(scores_out, rows.event_ids, scores)
-        console.print(f"wrote {len(rows):,} scores to {scores_out}")
-    output = {
-        "model": model.name,
-        "version": model.version,
-        "model_path": str(model.path),
-        "data": str(data),
-        "window": {"from": rows.start.isoformat(), "to": rows.end.isoformat()},
-        **result,
-    }
-    sys.stdout.write(json.dumps(output, allow_nan=False) + "\n")
+    window = {"from": rows.start.isoformat(), "to": rows.end.isoformat()}
+    _report(model, data, rows, scores, scores_out, {"window": window, **result}, console)
 
 
 def _evaluate_tabular(
@@ -351,6 +334,20 @@ def _evaluate_tabular(
         )
     except (TableError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    _report(model, data, rows, scores, scores_out, result, console)
+
+
+def _report(
+    model: Any,
+    data: Path,
+    rows: LabeledRows | TabularRows,
+    scores: np.ndarray,
+    scores_out: Path | None,
+    result: dict[str, Any],
+    console: Console,
+) -> None:
+    """Write the scores if asked, then the one JSON object on stdout: which model scored which
+    file first, so a saved report says what it measured."""
     if scores_out is not None:
         write_scores(scores_out, rows.event_ids, scores)
         console.print(f"wrote {len(rows):,} scores to {scores_out}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import math
 from collections import Counter
@@ -32,6 +31,7 @@ from riskstream.features.tabular import (
     TabularInputError,
     TabularSchema,
 )
+from riskstream.training.datasets import file_sha256, masked_fields
 
 MISSING_TEXTS = frozenset({"", "NA"})
 TASKS = ("binary", "poisson")
@@ -107,6 +107,10 @@ class TableSpec:
         )
 
 
+# TabularRows' plain per-row arrays (timestamps may be None and values is a dict: cut apart).
+TABULAR_ROW_ARRAYS = ("features", "labels", "exposure", "event_ids", "row_numbers")
+
+
 @dataclass(frozen=True)
 class TabularRows:
     """Encoded rows with their targets and identities (one per labelled file row)."""
@@ -126,11 +130,7 @@ class TabularRows:
     def subset(self, mask: np.ndarray) -> TabularRows:
         return replace(
             self,
-            features=self.features[mask],
-            labels=self.labels[mask],
-            exposure=self.exposure[mask],
-            event_ids=self.event_ids[mask],
-            row_numbers=self.row_numbers[mask],
+            **masked_fields(self, mask, TABULAR_ROW_ARRAYS),
             timestamps=None if self.timestamps is None else self.timestamps[mask],
             values={name: column[mask] for name, column in self.values.items()},
         )
@@ -153,14 +153,6 @@ def _open_text(path: Path) -> io.TextIOBase:
     if gzipped:
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
     return Path(path).open(encoding="utf-8-sig", newline="")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_csv(path: Path, status: Status = _quiet) -> RawTable:

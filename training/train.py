@@ -8,12 +8,7 @@ The pipeline is split so experiments can compute features once and train many ti
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -22,10 +17,11 @@ from typing import Any
 import click
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from riskstream.training import cli_options, trainer
 from riskstream.training.datasets import LabeledRows, time_split
+from riskstream.training.trainer import TrainResult
 
 MODEL_NAMES = ("fraud", "market")
 DEFAULT_THRESHOLD_RULES = {"fraud": "max-f1", "market": "top:0.1"}
@@ -43,13 +39,6 @@ class TrainRequest:
     validation_fraction: float = 0.2
     threshold_rule: str | None = None  # None: the model's default (DEFAULT_THRESHOLD_RULES)
     overrides: tuple[tuple[str, Any], ...] = ()
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    version_dir: Path
-    card: dict[str, Any]
-    seconds: float
 
 
 def default_config(name: str) -> Any:
@@ -83,33 +72,6 @@ def default_config(name: str) -> Any:
         class_weight="none",
         monitor="log_loss",
     )
-
-
-def quiet_tensorflow() -> None:
-    """TensorFlow's C++ chatter (oneDNN, CPU features, tf.data attribute notices) would bury the
-    progress display; Python exceptions still report real failures."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-
-@contextlib.contextmanager
-def stderr_to_file() -> Iterator[None]:
-    """Send file descriptor 2 to a temp file while TensorFlow loads: its absl start-up lines are
-    written before TF_CPP_MIN_LOG_LEVEL applies. Replayed to the terminal if the import fails."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def load_rows(request: TrainRequest, console: Console) -> LabeledRows:
@@ -151,22 +113,10 @@ def ranking_metrics(rows: LabeledRows, scores: np.ndarray) -> dict[str, Any]:
     return metrics
 
 
-def _epoch_progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]training[/] {task.description}"),
-        BarColumn(),
-        TextColumn("epoch {task.completed}/{task.total}"),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-
 def train_on_rows(rows: LabeledRows, request: TrainRequest, console: Console) -> TrainResult:
     """Fit with early stopping on the time-based validation split, export, check, publish."""
     started = time.perf_counter()
-    quiet_tensorflow()
-    with console.status("importing TensorFlow…"), stderr_to_file():
+    with trainer.importing_tensorflow(console):
         from riskstream.training import card as cards
         from riskstream.training import export, models
 
@@ -176,22 +126,11 @@ def train_on_rows(rows: LabeledRows, request: TrainRequest, console: Console) ->
     is_validation = time_split(rows.timestamps, request.validation_fraction)
     _check_trainable(rows, is_validation)
     fit_rows, val_rows = rows.subset(~is_validation), rows.subset(is_validation)
-
-    progress = _epoch_progress(console)
-    tasks = [
-        progress.add_task(f"network {m + 1}/{config.ensemble}", total=config.max_epochs, detail="")
-        for m in range(config.ensemble)
-    ]
-
-    def report(member: int, epoch: int, entry: dict[str, float]) -> None:
-        detail = (
-            f"loss {entry['loss']:.4f}  val AP {entry['val_average_precision']:.4f}  "
-            f"val log loss {entry['val_log_loss']:.4f}"
-        )
-        progress.update(tasks[member], completed=epoch, detail=detail)
-
-    with progress:
-        model, outcomes = models.train_ensemble(
+    model, outcomes = trainer.fit_with_progress(
+        console,
+        config,
+        _describe_epoch,
+        lambda report: models.train_ensemble(
             fit_rows.features,
             fit_rows.labels,
             val_rows.features,
@@ -199,43 +138,20 @@ def train_on_rows(rows: LabeledRows, request: TrainRequest, console: Console) ->
             config,
             request.seed,
             report,
-        )
-        for task, outcome in zip(tasks, outcomes, strict=True):
-            progress.update(task, total=outcome.epochs_run, completed=outcome.epochs_run)
-
+        ),
+    )
     val_scores = models.predict(model, val_rows.features)
     fit_scores = models.predict(model, fit_rows.features)
     threshold, rule_text = cards.choose_threshold(rule, val_rows.labels, val_scores)
     created_at = datetime.now(UTC).replace(microsecond=0)
-    staging = export.staging_dir(request.out, request.name)
-    try:
-        with console.status("exporting to ONNX and checking parity…"):
-            onnx_path = staging / "model.onnx"
-            export.export_onnx(model, rows.features.shape[1], onnx_path)
-            parity = export.check_parity(  # every row of the window, held-out ones included
-                np.concatenate([fit_scores, val_scores]),
-                onnx_path,
-                np.concatenate([fit_rows.features, val_rows.features]),
-            )
+
+    def make_card(_: Path, parity: float) -> dict[str, Any]:
         metrics = {
             "validation": ranking_metrics(val_rows, val_scores),
             "training": ranking_metrics(fit_rows, fit_scores),
             "onnx_parity_max_abs_diff": parity,
         }
-        training = {
-            "seed": request.seed,
-            "config": config.as_dict(),
-            "batch_size_used": models.effective_batch_size(config.batch_size, len(fit_rows)),
-            "validation_fraction": request.validation_fraction,
-            "validation_window": {
-                "from": _day(val_rows.timestamps.min()),
-                "to": _day(val_rows.timestamps.max()),
-            },
-            "best_epoch": [outcome.best_epoch for outcome in outcomes],
-            "epochs_run": [outcome.epochs_run for outcome in outcomes],
-            "fit_seconds": round(sum(outcome.seconds for outcome in outcomes), 2),
-        }
-        card = cards.build_card(
+        return cards.build_card(
             name=request.name,
             version=export.new_version(created_at),
             created_at=created_at,
@@ -248,14 +164,51 @@ def train_on_rows(rows: LabeledRows, request: TrainRequest, console: Console) ->
             source_sha256=rows.source_sha256,
             metrics=metrics,
             bands=cards.severity_bands(threshold, val_scores),
-            training=training,
+            training=_training_record(request, config, fit_rows, val_rows, outcomes),
         )
-        version_dir = export.publish(staging, request.out, request.name, card)
-    except BaseException:
-        export.discard(staging)
-        raise
-    card = {**card, "version": version_dir.name}
+
+    version_dir, card = trainer.export_and_publish(
+        request.out,
+        request.name,
+        model,
+        np.concatenate([fit_scores, val_scores]),  # every row of the window, held-out ones included
+        np.concatenate([fit_rows.features, val_rows.features]),
+        console,
+        make_card,
+    )
     return TrainResult(version_dir, card, time.perf_counter() - started)
+
+
+def _describe_epoch(entry: dict[str, float]) -> str:
+    return (
+        f"loss {entry['loss']:.4f}  val AP {entry['val_average_precision']:.4f}  "
+        f"val log loss {entry['val_log_loss']:.4f}"
+    )
+
+
+def _training_record(
+    request: TrainRequest,
+    config: Any,
+    fit_rows: LabeledRows,
+    val_rows: LabeledRows,
+    outcomes: list[Any],
+) -> dict[str, Any]:
+    """The card's `training` part: enough to rerun the fit and to see where it stopped."""
+    from riskstream.training.models import effective_batch_size
+
+    return {
+        "seed": request.seed,
+        "config": config.as_dict(),
+        "batch_size_used": effective_batch_size(config.batch_size, len(fit_rows)),
+        "validation_fraction": request.validation_fraction,
+        "validation_window": {
+            "from": _day(val_rows.timestamps.min()),
+            "to": _day(val_rows.timestamps.max()),
+        },
+        "best_epoch": [outcome.best_epoch for outcome in outcomes],
+        "epochs_run": [outcome.epochs_run for outcome in outcomes],
+        "fit_seconds": round(sum(outcome.seconds for outcome in outcomes), 2),
+    }
 
 
 def _day(timestamp: float) -> str:
@@ -288,36 +241,15 @@ def summary_table(result: TrainResult) -> Table:
     return table
 
 
-def _parse_hidden(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        units = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise click.BadParameter("use comma-separated layer widths such as 64,32") from None
-    if not units or min(units) <= 0:
-        raise click.BadParameter("use comma-separated positive layer widths such as 64,32")
-    return units
-
-
 DATE = click.DateTime(formats=["%Y-%m-%d"])
 
 
 @click.command("window-model")
 @click.argument("name", type=click.Choice(MODEL_NAMES))
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Labelled history: transactions (our CSV or the handbook's) or daily OHLCV bars.",
+@cli_options.data_option(
+    "Labelled history: transactions (our CSV or the handbook's) or daily OHLCV bars."
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=lambda: os.environ.get("RISKSTREAM_MODELS_DIR", "models"),
-    show_default="$RISKSTREAM_MODELS_DIR or models",
-    help="Models folder; the model is written to OUT/<name>/<version>/.",
-)
+@cli_options.models_out_option()
 @click.option(
     "--from",
     "start",
@@ -337,87 +269,37 @@ DATE = click.DateTime(formats=["%Y-%m-%d"])
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="market only: a daily CSV of the VIX (its close becomes the vix indicator).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option(
-    "--epochs", type=click.IntRange(1), help="Maximum epochs (early stopping may stop sooner)."
-)
-@click.option(
-    "--patience",
-    type=click.IntRange(1),
-    help="Epochs without a better validation measure (see --monitor) before stopping.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1),
-    help="Mini-batch size. Default: market 64; fraud 512, doubled until an epoch is at most "
-    "500 steps.",
-)
-@click.option("--hidden", help="Hidden layer widths, comma-separated (e.g. 64,32).")
-@click.option("--dropout", type=click.FloatRange(0, 0.9), help="Dropout after each hidden layer.")
-@click.option("--l2", type=click.FloatRange(0), help="L2 penalty on every Dense kernel.")
-@click.option(
-    "--learning-rate", type=click.FloatRange(0, min_open=True), help="Adam learning rate."
+@cli_options.fit_options(
+    epochs_help="Maximum epochs (early stopping may stop sooner).",
+    patience_help="Epochs without a better validation measure (see --monitor) before stopping.",
+    batch_size_help="Mini-batch size. Default: market 64; fraud 512, doubled until an epoch is "
+    "at most 500 steps.",
+    hidden_help="Hidden layer widths, comma-separated (e.g. 64,32).",
 )
 @click.option(
     "--batch-norm/--no-batch-norm", default=None, help="Batch normalisation in hidden layers."
 )
-@click.option(
-    "--class-weight",
-    type=click.Choice(("none", "sqrt", "balanced")),
-    help="Up-weighting of the rare positives: none, sqrt of the class ratio, or the full ratio.",
+@cli_options.class_weight_option(
+    "Up-weighting of the rare positives: none, sqrt of the class ratio, or the full ratio."
 )
-@click.option(
-    "--log-columns",
-    type=click.Choice(("none", "heavy-tailed", "non-negative")),
-    help="Columns the model's first layer puts on a log scale before standardising.",
+@cli_options.log_columns_option(
+    "Columns the model's first layer puts on a log scale before standardising."
 )
-@click.option(
+@cli_options.choice_option(
     "--monitor",
-    type=click.Choice(("average_precision", "log_loss")),
-    help="Validation measure for early stopping.",
+    ("average_precision", "log_loss"),
+    "Validation measure for early stopping.",
 )
-@click.option(
-    "--ensemble",
-    type=click.IntRange(1, 20),
-    help="Networks trained with different seeds and averaged into one model.",
+@cli_options.ensemble_option("Networks trained with different seeds and averaged into one model.")
+@cli_options.validation_fraction_option(
+    "Last part of the training window (by time) held out for early stopping and the threshold."
 )
-@click.option(
-    "--validation-fraction",
-    type=click.FloatRange(0.05, 0.5),
-    default=0.2,
-    show_default=True,
-    help="Last part of the training window (by time) held out for early stopping and the "
-    "threshold.",
-)
-@click.option(
-    "--threshold-rule",
-    help="How the alert threshold is chosen on the validation rows: max-f1; precision:P (the "
+@cli_options.threshold_rule_option(
+    "How the alert threshold is chosen on the validation rows: max-f1; precision:P (the "
     "lowest score whose alerts are at least P positive, e.g. precision:0.8); or top:R (alert on "
-    "the highest-scoring R of events, e.g. top:0.1). Default: fraud max-f1, market top:0.1.",
+    "the highest-scoring R of events, e.g. top:0.1). Default: fraud max-f1, market top:0.1."
 )
-def window_model_command(
-    name: str,
-    data: Path,
-    out: Path,
-    start: datetime | None,
-    end: datetime | None,
-    vix: Path | None,
-    seed: int,
-    epochs: int | None,
-    patience: int | None,
-    batch_size: int | None,
-    hidden: str | None,
-    dropout: float | None,
-    l2: float | None,
-    learning_rate: float | None,
-    batch_norm: bool | None,
-    class_weight: str | None,
-    log_columns: str | None,
-    monitor: str | None,
-    ensemble: int | None,
-    validation_fraction: float,
-    threshold_rule: str | None,
-) -> None:
+def window_model_command(name: str, **options: Any) -> None:
     """Train the fraud or market model, export ONNX and write its model card.
 
     Features come from the same code the stream runs, computed over the whole file; the rows
@@ -426,57 +308,43 @@ def window_model_command(
     threshold. Output: OUT/<name>/<version>/model.onnx and card.json, written atomically and
     only if ONNX reproduces Keras within 1e-5.
     """
-    from riskstream.training.card import parse_threshold_rule
-
     console = Console(stderr=True)
-    try:
-        if threshold_rule is not None:
-            parse_threshold_rule(threshold_rule)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--threshold-rule") from None
-    if vix is not None and name != "market":
-        raise click.BadParameter("--vix is for the market model only", param_hint="--vix")
-    overrides = {
-        "max_epochs": epochs,
-        "patience": patience,
-        "batch_size": batch_size,
-        "hidden_units": _parse_hidden(hidden),
-        "dropout": dropout,
-        "l2": l2,
-        "learning_rate": learning_rate,
-        "batch_norm": batch_norm,
-        "class_weight": class_weight,
-        "log_columns": log_columns,
-        "monitor": monitor,
-        "ensemble": ensemble,
-    }
-    request = TrainRequest(
-        name=name,
-        data=data,
-        out=out,
-        start=start.date() if start else None,
-        end=end.date() if end else None,
-        vix=vix,
-        seed=seed,
-        validation_fraction=validation_fraction,
-        threshold_rule=threshold_rule,
-        overrides=tuple((key, value) for key, value in overrides.items() if value is not None),
-    )
-    from riskstream.training.export import ParityError
-
-    try:
+    request = _request(name, options)
+    with trainer.reported_failures(console):
         rows = load_rows(request, console)
         console.print(
             f"{name}: {len(rows):,} training rows {rows.start} → {rows.end}, "
             f"{int(rows.labels.sum()):,} positives, {len(rows.feature_names)} features"
         )
         result = train_on_rows(rows, request, console)
-    except ParityError as exc:
-        console.print(f"[bold red]export refused:[/] {exc}")
-        raise SystemExit(1) from None
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
     Console().print(summary_table(result))
+
+
+def _request(name: str, options: dict[str, Any]) -> TrainRequest:
+    """Check the options that only make sense together, then turn them into a request."""
+    from riskstream.training.card import parse_threshold_rule
+
+    threshold_rule = options["threshold_rule"]
+    try:
+        if threshold_rule is not None:
+            parse_threshold_rule(threshold_rule)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--threshold-rule") from None
+    if options["vix"] is not None and name != "market":
+        raise click.BadParameter("--vix is for the market model only", param_hint="--vix")
+    start, end = options["start"], options["end"]
+    return TrainRequest(
+        name=name,
+        data=options["data"],
+        out=options["out"],
+        start=start.date() if start else None,
+        end=end.date() if end else None,
+        vix=options["vix"],
+        seed=options["seed"],
+        validation_fraction=options["validation_fraction"],
+        threshold_rule=threshold_rule,
+        overrides=trainer.config_overrides(options, own_options=("batch_norm",)),
+    )
 
 
 def _window_model(name: str) -> click.Command:

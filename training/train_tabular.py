@@ -7,7 +7,6 @@ so the benchmark can call exactly what the CLI calls.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from riskstream.features.tabular import NUMERIC, TabularSchema
+from riskstream.training import cli_options, trainer
 from riskstream.training.tabular_data import (
     MIN_CATEGORY_ROWS,
     PreparedTable,
@@ -28,6 +28,7 @@ from riskstream.training.tabular_data import (
     TabularRows,
     prepare_training_table,
 )
+from riskstream.training.trainer import TrainResult
 
 RESERVED_NAMES = ("fraud", "market")  # served from windowed features, not from records
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -50,13 +51,6 @@ class TabularRequest:
     min_category_rows: int = MIN_CATEGORY_ROWS
     threshold_rule: str | None = None  # None: DEFAULT_THRESHOLD_RULES[task]
     overrides: tuple[tuple[str, Any], ...] = ()
-
-
-@dataclass(frozen=True)
-class TabularResult:
-    version_dir: Path
-    card: dict[str, Any]
-    seconds: float
 
 
 def check_name(name: str) -> str:
@@ -193,16 +187,12 @@ def score_description(task: str, exposure_column: str | None) -> str:
 
 def train_on_table(
     prepared: PreparedTable, request: TabularRequest, console: Console
-) -> TabularResult:
+) -> TrainResult:
     """Fit with early stopping on the validation rows, export, check parity on every row,
     publish OUT/<name>/<version>/ with its card."""
-    from riskstream.training.train import _epoch_progress, quiet_tensorflow, stderr_to_file
-
     started = time.perf_counter()
-    quiet_tensorflow()
-    with console.status("importing TensorFlow…"), stderr_to_file():
+    with trainer.importing_tensorflow(console):
         from riskstream.training import card as cards
-        from riskstream.training import export
         from riskstream.training.tabular_model import (
             FitData,
             TabularConfig,
@@ -222,37 +212,24 @@ def train_on_table(
     def part(subset: TabularRows) -> FitData:
         return FitData(subset.features, subset.labels, subset.exposure)
 
-    progress = _epoch_progress(console)
-    tasks = [
-        progress.add_task(f"network {m + 1}/{config.ensemble}", total=config.max_epochs, detail="")
-        for m in range(config.ensemble)
-    ]
     monitored = f"val_{config.monitor_name}"
-
-    def report(member: int, epoch: int, entry: dict[str, float]) -> None:
-        detail = f"loss {entry['loss']:.4f}  {monitored} {entry[monitored]:.4f}"
-        progress.update(tasks[member], completed=epoch, detail=detail)
-
-    with progress:
-        model, outcomes = train_tabular(
+    model, outcomes = trainer.fit_with_progress(
+        console,
+        config,
+        lambda entry: f"loss {entry['loss']:.4f}  {monitored} {entry[monitored]:.4f}",
+        lambda report: train_tabular(
             rows.schema, part(fit_rows), part(val_rows), config, request.seed, report
-        )
-        for task_id, outcome in zip(tasks, outcomes, strict=True):
-            progress.update(task_id, total=outcome.epochs_run, completed=outcome.epochs_run)
-
+        ),
+    )
     scores = predict(model, rows.features)
     val_scores = scores[prepared.is_validation]
     threshold, rule_text = cards.choose_threshold(
         rule, (val_rows.labels > 0).astype(np.int8), val_scores
     )
     created_at = datetime.now(UTC).replace(microsecond=0)
-    staging = export.staging_dir(request.out, request.name)
-    try:
-        with console.status("exporting to ONNX and checking parity…"):
-            onnx_path = staging / "model.onnx"
-            export.export_onnx(model, rows.features.shape[1], onnx_path)
-            parity = export.check_parity(scores, onnx_path, rows.features)  # every file row
-            samples = scored_samples(rows.schema, sample_records(prepared, request.seed), onnx_path)
+
+    def make_card(onnx_path: Path, parity: float) -> dict[str, Any]:
+        samples = scored_samples(rows.schema, sample_records(prepared, request.seed), onnx_path)
         metrics: dict[str, Any] = {
             "training": part_metrics(task, fit_rows, scores[prepared.is_fit]),
             "validation": part_metrics(task, val_rows, val_scores),
@@ -261,7 +238,7 @@ def train_on_table(
             metrics["test"] = part_metrics(task, test_rows, scores[is_test])
         metrics["onnx_parity_max_abs_diff"] = parity
         bands = cards.severity_bands(threshold, val_scores)
-        card = tabular_card(
+        return tabular_card(
             prepared,
             request,
             config,
@@ -273,12 +250,11 @@ def train_on_table(
             samples,
             created_at,
         )
-        version_dir = export.publish(staging, request.out, request.name, card)
-    except BaseException:
-        export.discard(staging)
-        raise
-    card = {**card, "version": version_dir.name}
-    return TabularResult(version_dir, card, time.perf_counter() - started)
+
+    version_dir, card = trainer.export_and_publish(
+        request.out, request.name, model, scores, rows.features, console, make_card
+    )
+    return TrainResult(version_dir, card, time.perf_counter() - started)
 
 
 def tabular_card(
@@ -375,7 +351,7 @@ def _test_split(request: TabularRequest, prepared: PreparedTable) -> dict[str, A
     return {"source": "none", "rows": 0}
 
 
-def summary_table(result: TabularResult) -> Table:
+def summary_table(result: TrainResult) -> Table:
     card = result.card
     poisson = card["task"] == "poisson"
     table = Table(title=f"{card['name']} {card['version']} ({card['task']}) → {result.version_dir}")
@@ -417,11 +393,8 @@ def _columns(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @click.command("tabular")
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A CSV (plain or gzipped) with a header row; NA or an empty field is missing.",
+@cli_options.data_option(
+    "A CSV (plain or gzipped) with a header row; NA or an empty field is missing."
 )
 @click.option("--label", required=True, help="The label column: 0/1, or counts for poisson.")
 @click.option(
@@ -429,13 +402,7 @@ def _columns(values: tuple[str, ...]) -> tuple[str, ...]:
     required=True,
     help="Model name (e.g. credit, claims): the folder OUT/<name>/ and what requests ask for.",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=lambda: os.environ.get("RISKSTREAM_MODELS_DIR", "models"),
-    show_default="$RISKSTREAM_MODELS_DIR or models",
-    help="Models folder; the model is written to OUT/<name>/<version>/.",
-)
+@cli_options.models_out_option()
 @click.option(
     "--task",
     type=click.Choice(("binary", "poisson")),
@@ -473,65 +440,32 @@ def _columns(values: tuple[str, ...]) -> tuple[str, ...]:
     type=click.FloatRange(0, min_open=True),
     help="poisson: cap exposure at this value (freMTPL2: 1).",
 )
-@click.option(
-    "--test-rows",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="File of 1-based data-row positions (one a line, # comments) held out as the test "
-    "set: never fitted, never used for early stopping or the threshold.",
+@cli_options.held_out_options(
+    test_rows_help="File of 1-based data-row positions (one a line, # comments) held out as the "
+    "test set: never fitted, never used for early stopping or the threshold.",
+    test_fraction_help="Without --test-rows: hold out this seeded, stratified fraction as the "
+    "test set.",
+    split_seed_help="Seed of the --test-fraction split (kept apart from --seed so runs share a "
+    "test set).",
+    show_defaults=True,
 )
-@click.option(
-    "--test-fraction",
-    type=click.FloatRange(0, 0.5),
-    default=0.0,
-    show_default=True,
-    help="Without --test-rows: hold out this seeded, stratified fraction as the test set.",
+@cli_options.validation_fraction_option(
+    "Share of the training rows held out for early stopping and the threshold."
 )
-@click.option(
-    "--split-seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed of the --test-fraction split (kept apart from --seed so runs share a test set).",
+@cli_options.fit_options(
+    epochs_help="Maximum epochs (early stopping may stop sooner); small values make quick tests.",
+    patience_help="Epochs without improvement to stop.",
+    batch_size_help="Mini-batch size. Default: 512, doubled until an epoch is at most 500 steps.",
+    hidden_help="Hidden layer widths, comma-separated (e.g. 128,64).",
 )
-@click.option(
-    "--validation-fraction",
-    type=click.FloatRange(0.05, 0.5),
-    default=0.2,
-    show_default=True,
-    help="Share of the training rows held out for early stopping and the threshold.",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option(
-    "--epochs",
-    type=click.IntRange(1),
-    help="Maximum epochs (early stopping may stop sooner); small values make quick tests.",
-)
-@click.option("--patience", type=click.IntRange(1), help="Epochs without improvement to stop.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1),
-    help="Mini-batch size. Default: 512, doubled until an epoch is at most 500 steps.",
-)
-@click.option("--hidden", help="Hidden layer widths, comma-separated (e.g. 128,64).")
-@click.option("--dropout", type=click.FloatRange(0, 0.9), help="Dropout after each hidden layer.")
-@click.option("--l2", type=click.FloatRange(0), help="L2 penalty on every Dense kernel.")
-@click.option(
-    "--learning-rate", type=click.FloatRange(0, min_open=True), help="Adam learning rate."
-)
-@click.option(
-    "--class-weight",
-    type=click.Choice(("none", "sqrt", "balanced")),
-    help="binary: up-weighting of the rarer positives.",
-)
-@click.option(
+@cli_options.class_weight_option("binary: up-weighting of the rarer positives.")
+@cli_options.choice_option(
     "--monitor",
-    type=click.Choice(("log_loss", "roc_auc", "average_precision", "poisson_deviance")),
-    help="Validation measure for early stopping. Default: log_loss, or poisson_deviance.",
+    ("log_loss", "roc_auc", "average_precision", "poisson_deviance"),
+    "Validation measure for early stopping. Default: log_loss, or poisson_deviance.",
 )
-@click.option(
-    "--ensemble",
-    type=click.IntRange(1, 20),
-    help="Networks trained with different seeds and averaged into one model.  [default: 3]",
+@cli_options.ensemble_option(
+    "Networks trained with different seeds and averaged into one model.  [default: 3]"
 )
 @click.option(
     "--bins",
@@ -539,11 +473,9 @@ def _columns(values: tuple[str, ...]) -> tuple[str, ...]:
     help="Piecewise-linear quantile bins per numeric column (0: the scalar only). Default: 16, "
     "or 32 from 200,000 fitting rows.",
 )
-@click.option(
-    "--log-columns",
-    type=click.Choice(("none", "heavy-tailed", "non-negative")),
-    help="Numeric columns whose scalar input is put on a signed-log scale (the piecewise-linear "
-    "bins are scale-free either way). Default: heavy-tailed.",
+@cli_options.log_columns_option(
+    "Numeric columns whose scalar input is put on a signed-log scale (the piecewise-linear "
+    "bins are scale-free either way). Default: heavy-tailed."
 )
 @click.option(
     "--embedding-dim",
@@ -557,10 +489,9 @@ def _columns(values: tuple[str, ...]) -> tuple[str, ...]:
     show_default=True,
     help="Categories with fewer fitting rows share the unseen bucket.",
 )
-@click.option(
-    "--threshold-rule",
-    help="How the alert threshold is chosen on the validation rows: max-f1, precision:P or "
-    "top:R. Default: binary max-f1; poisson top:0.1 (on the expected frequency).",
+@cli_options.threshold_rule_option(
+    "How the alert threshold is chosen on the validation rows: max-f1, precision:P or "
+    "top:R. Default: binary max-f1; poisson top:0.1 (on the expected frequency)."
 )
 def tabular_command(**options: Any) -> None:
     """Train a model for any labelled table: credit default, claim frequency, ...
@@ -574,28 +505,19 @@ def tabular_command(**options: Any) -> None:
     1e-5.
     """
     from riskstream.training.card import parse_threshold_rule
-    from riskstream.training.export import ParityError
-    from riskstream.training.tabular_data import TableError
 
     console = Console(stderr=True)
-    try:
+    with trainer.reported_failures(console):  # a TableError is a ValueError: reported the same way
         request = _request(options)
         if request.threshold_rule is not None:
             parse_threshold_rule(request.threshold_rule)
         prepared = prepare(request, console)
         _describe(prepared, console)
         result = train_on_table(prepared, request, console)
-    except ParityError as exc:
-        console.print(f"[bold red]export refused:[/] {exc}")
-        raise SystemExit(1) from None
-    except (TableError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
     Console().print(summary_table(result))
 
 
 def _request(options: dict[str, Any]) -> TabularRequest:
-    from riskstream.training.train import _parse_hidden
-
     if options["test_rows"] is not None and options["test_fraction"] > 0:
         raise ValueError("give --test-rows or --test-fraction, not both")
     task = options["task"]
@@ -613,21 +535,6 @@ def _request(options: dict[str, Any]) -> TabularRequest:
         max_label=options["max_label"],
         max_exposure=options["max_exposure"],
     )
-    overrides = {
-        "max_epochs": options["epochs"],
-        "patience": options["patience"],
-        "batch_size": options["batch_size"],
-        "hidden_units": _parse_hidden(options["hidden"]),
-        "dropout": options["dropout"],
-        "l2": options["l2"],
-        "learning_rate": options["learning_rate"],
-        "class_weight": options["class_weight"],
-        "monitor": options["monitor"],
-        "ensemble": options["ensemble"],
-        "bins": options["bins"],
-        "embedding_dim": options["embedding_dim"],
-        "log_columns": options["log_columns"],
-    }
     return TabularRequest(
         data=options["data"],
         name=check_name(options["name"]),
@@ -640,7 +547,7 @@ def _request(options: dict[str, Any]) -> TabularRequest:
         validation_fraction=options["validation_fraction"],
         min_category_rows=options["min_category_rows"],
         threshold_rule=options["threshold_rule"],
-        overrides=tuple((key, value) for key, value in overrides.items() if value is not None),
+        overrides=trainer.config_overrides(options, own_options=("bins", "embedding_dim")),
     )
 
 
