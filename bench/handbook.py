@@ -67,6 +67,7 @@ from common import (
 )
 from latency import (
     DRAIN_TIMEOUT_SECONDS,
+    READER_WAIT_MS,
     TICK_SECONDS,
     LatencyResult,
     _consume_scores,
@@ -83,6 +84,7 @@ from rich.table import Table
 from run import _ceiling as run_ceiling
 
 from riskstream.config import Settings
+from riskstream.fetch_wait import AdaptiveFetchWait
 from riskstream.history import TransactionHistory, load_transactions
 from riskstream.kafka import ensure_topics
 from riskstream.replay import Outgoing, ReplayStats, publish, transaction_events
@@ -424,10 +426,14 @@ async def _live(
     """latency.py's _measure with its own producing: one scores reader at the end of the topic."""
     bootstrap = topics.bootstrap
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=5, enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        fetch_max_wait_ms=READER_WAIT_MS,
+        enable_auto_commit=False,
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await consumer.start()
+    AdaptiveFetchWait(READER_WAIT_MS).install(consumer)  # see latency.py's _measure
     await producer.start()
     raws = []
     try:

@@ -28,11 +28,13 @@ from dataset import Dataset
 
 from riskstream import pipeline
 from riskstream.config import KafkaSettings
+from riskstream.fetch_wait import AdaptiveFetchWait
 from riskstream.kafka import ensure_topics
 
 TICK_SECONDS = 0.005
 WARM_UP_SECONDS = 1.0
 DRAIN_TIMEOUT_SECONDS = 60.0
+READER_WAIT_MS = 5  # the scores reader's fetch wait (adaptive, see _measure)
 
 
 class _Score(msgspec.Struct):
@@ -85,7 +87,10 @@ async def _consume_scores(consumer: AIOKafkaConsumer, run: _Run, stop: asyncio.E
         for messages in batches.values():
             for message in messages:
                 event_id = _decode_score(message.value).event_id
-                if event_id not in run.arrived_at:
+                # Only this run's events: the scores of earlier events (a backlog's tail, the
+                # end of the last batch that seek_to_end lands in on the embedded broker) must
+                # not count towards "every event scored", or the wait ends with some missing.
+                if event_id in run.sent_at and event_id not in run.arrived_at:
                     run.arrived_at[event_id] = now
                     run.scored_ms[event_id] = message.timestamp
 
@@ -127,10 +132,17 @@ async def _measure(
     bootstrap: str, topics: BenchTopics, batches: list[tuple[float, list[_Outgoing]]]
 ) -> list[tuple[float, float, _Run]]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=5, enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        fetch_max_wait_ms=READER_WAIT_MS,
+        enable_auto_commit=False,
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await consumer.start()
+    # The embedded broker gives up looking for a fetch's records once the fetch's wait has
+    # passed, so a fixed short wait can starve on a long scores topic: the reader adapts its
+    # wait as the worker does (riskstream.fetch_wait).
+    AdaptiveFetchWait(READER_WAIT_MS).install(consumer)
     await producer.start()
     partitions = [TopicPartition(topics.scores, p) for p in range(PARTITIONS)]
     consumer.assign(partitions)
