@@ -288,3 +288,43 @@ def test_cli_refuses_to_write_an_empty_history(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "raise --customers or --days" in result.output
     assert not out.exists()
+
+
+def _rank_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC from ranks (Mann-Whitney), without scikit-learn."""
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    positives = labels == 1
+    n_pos, n_neg = positives.sum(), (~positives).sum()
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def test_simulated_credit_keeps_the_real_tables_difficulties_and_a_learnable_rule(
+    tmp_path: Path,
+) -> None:
+    import csv
+
+    from riskstream.credit_table import HEADER, LABEL
+
+    out = tmp_path / "credit.csv.gz"
+    args = ["credit", "--out", str(out), "--rows", "30000", "--seed", "4"]
+    result = CliRunner().invoke(simulate, args)
+    assert result.exit_code == 0, result.output
+    first = out.read_bytes()
+    assert CliRunner().invoke(simulate, args).exit_code == 0
+    assert out.read_bytes() == first, "same seed, same bytes"
+    with gzip.open(out, "rt", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == HEADER and len(rows) == 30_001
+    columns = {name: [row[i] for row in rows[1:]] for i, name in enumerate(rows[0])}
+    labels = np.array(columns[LABEL], dtype=int)
+    assert 0.05 < labels.mean() < 0.085, "near Give Me Some Credit's 6.7 %"
+    income = columns["MonthlyIncome"]
+    assert 0.17 < income.count("NA") / len(income) < 0.23
+    late90 = np.array(columns["NumberOfTimes90DaysLate"], dtype=float)
+    assert {96.0, 98.0} <= set(late90.tolist()), "the sentinel codes"
+    utilisation = np.array(columns["RevolvingUtilizationOfUnsecuredLines"], dtype=float)
+    assert utilisation.max() > 1000 and np.median(utilisation) < 0.5, "a heavy tail"
+    assert set(columns["housing"]) == {"own", "mortgage", "rent", "other"}
+    assert _rank_auc(np.minimum(utilisation, 1.5), labels) > 0.65, "the planted rule"
