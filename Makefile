@@ -42,6 +42,8 @@ models: $(STAMP) ## rebuild the shipped default models from seeded synthetic dat
 	$(BIN)/riskstream train fraud --data $(SYNTH)/transactions.csv.gz --out stream/models --seed 0
 	$(BIN)/riskstream simulate market --seed 1 --out $(SYNTH)/market.csv --vix-out $(SYNTH)/vix.csv
 	$(BIN)/riskstream train market --data $(SYNTH)/market.csv --vix $(SYNTH)/vix.csv --out stream/models --seed 0
+	$(BIN)/riskstream simulate credit --seed 1 --rows 20000 --out $(SYNTH)/credit.csv
+	$(BIN)/riskstream train tabular --data $(SYNTH)/credit.csv --label SeriousDlqin2yrs --name credit --out stream/models --seed 0
 
 lint: $(STAMP) ## ruff: lint and format check
 	$(BIN)/ruff check .

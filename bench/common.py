@@ -124,6 +124,7 @@ class BenchTopics:
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "RISKSTREAM_MODELS_DIR": str(BUNDLED_MODELS),
             "RISKSTREAM_MODELS": "fraud",
+            "RISKSTREAM_TABULAR_MODELS": "",  # fraud alone, as the ceiling does
             "RISKSTREAM_APP_ID": self.app_id,
             "RISKSTREAM_PARTITIONS": str(PARTITIONS),
             "RISKSTREAM_TOPIC_TRANSACTIONS": self.transactions,

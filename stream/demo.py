@@ -42,6 +42,7 @@ class LiveCounts:
 
     scores: int = 0
     alerts: int = 0
+    by_model: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     started: float = dataclasses.field(default_factory=time.monotonic)
     recent: collections.deque = dataclasses.field(
         default_factory=lambda: collections.deque(maxlen=12)
@@ -74,13 +75,18 @@ def _render(counts: LiveCounts, settings: Settings, metrics_url: str, replayed: 
         f"[bold red]{counts.alerts:,}[/] alerts ([red]{alerts_rate:,.1f}/s[/])",
         f"up {time.monotonic() - counts.started:,.0f} s",
     )
+    models = " · ".join(f"{name} {n:,}" for name, n in sorted(counts.by_model.items()))
+    head.add_row(f"[dim]scores by model:[/] {models or '-'}", "", "", "")
     alerts = Table(expand=True, title="latest alerts", title_justify="left")
-    for column in ("event time", "severity", "score", "transaction", "customer", "why"):
-        alerts.add_column(column, no_wrap=True)
+    widths = {"event time": 19, "model": 6, "severity": 8, "score": 5, "event": 9, "entity": 9}
+    for column, width in widths.items():
+        alerts.add_column(column, no_wrap=True, min_width=width)
+    alerts.add_column("why", no_wrap=True, overflow="ellipsis", ratio=1)
     for alert in reversed(counts.recent):
-        why = ", ".join(f"{r.feature}={r.value:.3g}" for r in list(alert.reasons)[:2])
+        why = ", ".join(f"{r.feature}={_shown(r.value)}" for r in list(alert.reasons)[:2])
         alerts.add_row(
             alert.event_timestamp,
+            alert.model,
             alert.severity,
             f"{alert.score:.3f}",
             alert.event_id,
@@ -92,6 +98,10 @@ def _render(counts: LiveCounts, settings: Settings, metrics_url: str, replayed: 
         f"`riskstream alerts --follow` in another shell · Ctrl-C to stop[/]"
     )
     return Panel(Group(head, alerts, footer), title="riskstream demo")
+
+
+def _shown(value: float | None) -> str:
+    return "null" if value is None else f"{value:.3g}"
 
 
 async def _watch(settings: Settings, counts: LiveCounts, stop: asyncio.Event) -> None:
@@ -114,6 +124,9 @@ async def _watch(settings: Settings, counts: LiveCounts, stop: asyncio.Event) ->
             for tp, messages in batches.items():
                 if tp.topic == settings.topics.scores:
                     counts.scores += len(messages)
+                    for message in messages:
+                        with contextlib.suppress(contracts.ContractError):
+                            counts.by_model[contracts.decode_score(message.value).model] += 1
                     continue
                 counts.alerts += len(messages)
                 for message in messages[-12:]:
@@ -145,6 +158,32 @@ def _file_events(settings: Settings, path: Path) -> Iterator:
     return transaction_events(
         history, rows, settings.topics.transactions, settings.topics.labels, "fraud", 7.0
     )
+
+
+REQUEST_EVERY = 20  # one credit request among this many transactions
+DEMO_BORROWERS = 2_000
+
+
+def with_credit_requests(
+    settings: Settings, models_dir: Path, events: Iterator, seed: int, workdir: Path
+) -> Iterator:
+    """Interleave requests to the `credit` model (when the models folder has one) with the
+    transactions: synthetic borrowers, one per REQUEST_EVERY events, round and round."""
+    from riskstream.credit_table import simulate_credit, write_credit
+    from riskstream.replay import request_events
+    from riskstream.scoring import tabular_model_names
+
+    if "credit" not in tabular_model_names(models_dir):
+        yield from events
+        return
+    borrowers = workdir / "borrowers.csv"
+    write_credit(borrowers, simulate_credit(DEMO_BORROWERS, seed))
+    _, first = request_events(borrowers, models_dir, "credit", settings.topics.requests)
+    requests = list(first)
+    for i, outgoing in enumerate(events):
+        yield outgoing
+        if i % REQUEST_EVERY == REQUEST_EVERY - 1:
+            yield requests[(i // REQUEST_EVERY) % len(requests)]
 
 
 def _start_worker(settings: Settings, models_dir: Path, log_path: Path) -> subprocess.Popen:
@@ -230,7 +269,9 @@ def demo_command(data_path: Path | None, rate: float, port: int, seed: int) -> N
     """Run the whole loop: embedded broker, worker, event stream and a live view of alerts.
 
     Uses the models in RISKSTREAM_MODELS_DIR when it holds a fraud model, otherwise the
-    model shipped with riskstream (trained by its own code on synthetic data).
+    models shipped with riskstream (trained by its own code on synthetic data). When a
+    tabular `credit` model is among them, synthetic borrowers' credit requests go out beside
+    the transactions (one per twenty) and are scored on risk.requests.
     """
     from rich.console import Console
 
@@ -255,6 +296,7 @@ def demo_command(data_path: Path | None, rate: float, port: int, seed: int) -> N
         events = (
             _file_events(settings, data_path) if data_path else _synthetic_events(settings, seed)
         )
+        events = with_credit_requests(settings, models_dir, events, seed, workdir)
         asyncio.run(_run(settings, events, rate, worker_log, worker))
     except KeyboardInterrupt:
         console.print("stopping…")

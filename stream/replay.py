@@ -140,7 +140,7 @@ def request_events(
     if card.get("kind") != "tabular":
         raise ValueError(f"model {name!r} is not a tabular model: replay its history instead")
     rows, _ = load_scoring_rows(path, TableSpec.from_card(card), schema_from_card(card))
-    now = time.time()
+    now = float(int(time.time()))  # whole seconds: a request time, not a measurement
 
     def events() -> Iterator[Outgoing]:
         for i in range(len(rows)):

@@ -50,6 +50,9 @@ class StreamEnv:
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "RISKSTREAM_MODELS_DIR": str(self.models_dir),
             "RISKSTREAM_MODELS": self.models,
+            # The window models alone unless a test asks for tabular ones (the shipped models
+            # include one); tests/test_tabular_stream.py serves what it finds.
+            "RISKSTREAM_TABULAR_MODELS": "",
             "RISKSTREAM_APP_ID": f"riskstream-test-{s}",
             "RISKSTREAM_PARTITIONS": str(self.partitions),
             "RISKSTREAM_TOPIC_TRANSACTIONS": f"transactions-{i}",

@@ -64,5 +64,8 @@ def test_demo_shows_alerts_within_a_minute_and_ctrl_c_stops_everything(tmp_path)
     assert demo.returncode == 0, output[-3000:]
     alerts = [int(n.replace(",", "")) for n in re.findall(r"([\d,]+) alerts", output)]
     assert alerts and max(alerts) > 0, output[-3000:]
+    # The shipped tabular model is served beside fraud: the demo's credit requests are scored.
+    credit = [int(n.replace(",", "")) for n in re.findall(r"credit ([\d,]+)", output)]
+    assert credit and max(credit) > 0, output[-3000:]
     assert "demo stopped" in output
     assert not survivors, f"processes left behind: {survivors}"

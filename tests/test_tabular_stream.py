@@ -135,7 +135,9 @@ def test_a_replayed_table_scores_as_offline_and_bad_requests_are_dead_lettered(
     kafka_bootstrap: str, loans: TabularRun, tmp_path: Path
 ) -> None:
     # No window model: the worker finds the tabular model in its models folder on its own.
-    env = StreamEnv(kafka_bootstrap, loans.models, tmp_path, models="")
+    env = StreamEnv(
+        kafka_bootstrap, loans.models, tmp_path, models="", extra={"RISKSTREAM_TABULAR_MODELS": "*"}
+    )
     settings = env.settings()
     worker = WorkerProcess(env).start()
     try:
