@@ -13,12 +13,13 @@ turning one scenario's knob does not reshuffle the others.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from enum import IntEnum
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import numpy as np
@@ -714,6 +715,16 @@ def _writing(target: Path | str) -> Iterator[None]:
         ) from None
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _out_option(help: str) -> Callable[[F], F]:
+    """--out: the CSV file to write (every simulation writes one)."""
+    return click.option(
+        "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help=help
+    )
+
+
 _SEED = click.option(
     "--seed", default=1, show_default=True, type=int, help="Random seed: same seed, same file."
 )
@@ -731,11 +742,8 @@ def simulate() -> None:
 @simulate.command(
     "transactions", short_help="Labelled card transactions (handbook-style fraud scenarios)."
 )
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="CSV to write (transaction_id,timestamp,customer_id,terminal_id,amount,currency,fraud).",
+@_out_option(
+    "CSV to write (transaction_id,timestamp,customer_id,terminal_id,amount,currency,fraud)."
 )
 @_SEED
 @click.option(
@@ -802,12 +810,7 @@ def transactions_command(
 @simulate.command(
     "market", short_help="Daily OHLCV bars and a VIX-like index from a regime-switching model."
 )
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Daily OHLCV CSV to write (date,open,high,low,close,volume).",
-)
+@_out_option("Daily OHLCV CSV to write (date,open,high,low,close,volume).")
 @click.option(
     "--vix-out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -864,12 +867,9 @@ def market_command(
 @simulate.command(
     "credit", short_help="A borrower table like Give Me Some Credit, for tabular models."
 )
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="CSV to write: borrower_id, SeriousDlqin2yrs (the label), ten numeric indicators, "
-    "housing (categorical).",
+@_out_option(
+    "CSV to write: borrower_id, SeriousDlqin2yrs (the label), ten numeric indicators, "
+    "housing (categorical)."
 )
 @_SEED
 @click.option(
