@@ -227,3 +227,30 @@ def test_card_under_the_wrong_name(tmp_path: Path) -> None:
 def test_unknown_model_name(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="unknown model name"):
         load_model(tmp_path, "credit")
+
+
+def test_the_shipped_tabular_model_is_found_and_loaded_by_name() -> None:
+    from riskstream.demo import BUNDLED_MODELS
+    from riskstream.scoring import tabular_model_names
+
+    assert tabular_model_names(BUNDLED_MODELS) == ["credit"]  # fraud and market are not tabular
+    model = load_model(BUNDLED_MODELS, "credit")
+    assert model.card["kind"] == "tabular" and model.features[-1] == "housing"
+
+
+def test_a_count_models_typical_score_may_pass_one_a_probabilitys_may_not() -> None:
+    from types import SimpleNamespace
+
+    from riskstream.worker import check_model_scores
+
+    def model(task: str, score: float) -> Any:
+        card = {"kind": "tabular", "task": task, "feature_means": [0.0]}
+        return SimpleNamespace(
+            name="m", path=Path("m"), card=card, score=lambda rows: np.array([score], np.float32)
+        )
+
+    check_model_scores(model("poisson", 1.7))  # an expected claim frequency
+    with pytest.raises(ModelError, match="probability in"):
+        check_model_scores(model("binary", 1.7))
+    with pytest.raises(ModelError, match="expected frequency"):
+        check_model_scores(model("poisson", float("nan")))
