@@ -46,6 +46,7 @@ from riskstream.config import Settings
 from riskstream.faust_app import RiskstreamApp, faust_app
 from riskstream.features import fraud as fraud_features
 from riskstream.features.tabular import schema_from_card
+from riskstream.model_swap import ModelSwap
 from riskstream.outbox import Outbox, Publisher
 from riskstream.table_writes import TableWrites
 from riskstream.watermarks import CAUGHT_UP, UNKNOWN, HoldQueue, SourceClocks
@@ -336,6 +337,10 @@ class Stages:
     metrics: Any
     progress: Progress
     _publisher: Publisher | None = None
+    # What a model swap replaces (riskstream.model_swap): the scorer of each model, and the
+    # input schema of each tabular model.
+    scorers: dict[str, BatchScorer] = dataclasses.field(default_factory=dict)
+    schemas: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def outbox(self) -> Outbox:
         if self._publisher is None:  # the producer exists once the app started
@@ -385,7 +390,7 @@ class Stages:
 
     def scorer(self, model: Any, source_topic: str) -> BatchScorer:
         topics = self.settings.topics
-        return BatchScorer(
+        scorer = self.scorers[model.name] = BatchScorer(
             model,
             self.metrics,
             source_topic,
@@ -393,6 +398,7 @@ class Stages:
             topics.alerts,
             max_rows=self.settings.worker.batch_size,
         )
+        return scorer
 
 
 def build_app(
@@ -420,6 +426,7 @@ def build_app(
         request_partitions = partitions.get(topics.requests, settings.worker.partitions)
         _wire_requests(stages, tabular, request_partitions)
     _watch_topics(app, settings, progress)
+    _watch_models(stages)
 
     @app.on_partitions_assigned.connect
     async def forget_moved_partitions(sender: faust.App, assigned: Any, **kwargs: Any) -> None:
@@ -454,6 +461,21 @@ def _watch_topics(app: faust.App, settings: Settings, progress: Progress) -> Non
             exit_topics_lost(settings, missing)
         if missing:
             log.error("the broker does not list topics %s; checking again", sorted(missing))
+
+
+def _watch_models(stages: Stages) -> None:
+    """New model versions go into service without a restart (riskstream.model_swap)."""
+    settings = stages.settings
+    if settings.worker.model_watch_seconds <= 0:
+        return
+    swap = ModelSwap(settings.models_dir, stages.scorers, stages.schemas, stages.metrics)
+
+    @stages.app.timer(interval=settings.worker.model_watch_seconds)
+    async def watch_models() -> None:
+        try:
+            await swap.check()
+        except Exception:  # watching must never stop the worker that serves
+            log.exception("looking for new model versions failed; the next look follows")
 
 
 def _consume_in_batches(app: RiskstreamApp, topic: Any, name: str, handler: BatchHandler) -> None:
@@ -746,7 +768,8 @@ def _wire_requests(stages: Stages, models: dict[str, Any], partitions: int) -> N
     """Tabular models: each request is scored by the model it names, a batch per model."""
     app, topics = stages.app, stages.settings.topics
     requests = app.topic(topics.requests, partitions=partitions, **RAW)
-    schemas = {name: schema_from_card(model.card) for name, model in models.items()}
+    schemas = stages.schemas  # a model swap replaces a model's schema here
+    schemas.update({name: schema_from_card(model.card) for name, model in models.items()})
     scorers = {name: stages.scorer(model, topics.requests) for name, model in models.items()}
     stages.progress.sources.add(requests.get_topic_name())
 

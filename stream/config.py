@@ -109,6 +109,7 @@ class WorkerSettings:
     # its customer's event time (features.fraud.ALLOWED_LATENESS_SECONDS): at a backlog's
     # speed Faust's 2.8 s span days of event time.
     commit_interval_s: float = 0.5
+    model_watch_seconds: float = 5.0  # how often served models' folders are looked at; 0: never
     log_level: str = "info"
 
     @classmethod
@@ -141,6 +142,9 @@ class WorkerSettings:
             ),
             stall_seconds=float(env.get("RISKSTREAM_STALL_SECONDS", cls.stall_seconds)),
             commit_interval_s=float(env.get("RISKSTREAM_COMMIT_INTERVAL_S", cls.commit_interval_s)),
+            model_watch_seconds=float(
+                env.get("RISKSTREAM_MODEL_WATCH_SECONDS", cls.model_watch_seconds)
+            ),
             log_level=env.get("RISKSTREAM_LOG_LEVEL", cls.log_level).lower(),
         )
 

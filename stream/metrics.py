@@ -243,6 +243,13 @@ class WorkerMetrics:
             ["topic"],
             registry=registry,
         )
+        self.model_refusals = Counter(
+            "riskstream_model_refusals",
+            "Model versions found in the models folder and refused (load or check failed); "
+            "the version in service kept serving.",
+            ["model", "version"],
+            registry=registry,
+        )
         self.model_info = Gauge(
             "riskstream_model_info",
             "The model version this worker scores with (value 1).",
@@ -377,6 +384,9 @@ class WorkerMetrics:
         child.inc(n)
 
     # -- state -----------------------------------------------------------------------------
+
+    def refused_model(self, model: str, version: str) -> None:
+        self.model_refusals.labels(model=model, version=version).inc()
 
     def set_model(self, model: str, version: str) -> None:
         """Announce the version in service; a reload replaces the previous version's series."""

@@ -94,6 +94,25 @@ def newest_version_dir(name_dir: Path) -> Path:
     return name_dir / versions[-1]
 
 
+PIN_FILE = "PINNED"
+
+
+def served_version_dir(name_dir: Path) -> Path:
+    """The version a worker serves from a model's folder: the one named in its PINNED file (a
+    version kept in service on purpose, newer ones notwithstanding), else the newest."""
+    pin = Path(name_dir) / PIN_FILE
+    if not pin.is_file():
+        return newest_version_dir(name_dir)
+    version = pin.read_text(encoding="utf-8").strip()
+    pinned = Path(name_dir) / version
+    if not VERSION_PATTERN.match(version) or not pinned.is_dir():
+        raise ModelError(
+            f"{pin} pins {version!r}, which is not a version folder beside it: write the name "
+            f"of one (YYYYMMDDTHHMMSSZ) or delete the file to serve the newest"
+        )
+    return pinned
+
+
 def resolve_model_dir(path: Path) -> Path:
     """A version folder as given, or the newest version inside a model-name folder."""
     path = Path(path)
@@ -117,6 +136,30 @@ def tabular_model_names(models_dir: Path) -> list[str]:
         if is_tabular_card(card):
             found.append(child.name)
     return found
+
+
+SAMPLE_TOLERANCE = 1e-5
+
+
+def check_card_samples(model: Model) -> None:
+    """A tabular card stores a few records with the scores its ONNX file gave them at export:
+    the encoder and the graph served now must give the same (a card and a model file from
+    different trainings, or an encoder that changed, would not)."""
+    samples = model.card.get("samples") or []
+    if not is_tabular_card(model.card) or not samples:
+        return
+    try:
+        rows = schema_from_card(model.card).encode_records([s["features"] for s in samples])
+    except (TabularInputError, KeyError, TypeError) as exc:
+        raise ModelError(f"{model.path}: the card's sample records do not encode ({exc})") from exc
+    expected = np.asarray([s["score"] for s in samples], dtype=np.float64)
+    worst = float(np.max(np.abs(model.score(rows).astype(np.float64) - expected)))
+    if not worst <= SAMPLE_TOLERANCE:
+        raise ModelError(
+            f"{model.path}: the card's sample records score up to {worst:.3g} away from the "
+            f"scores the card holds: model.onnx and card.json are not from the same training; "
+            f"{TABULAR_RETRAIN_HINT.format(name=model.name)}"
+        )
 
 
 def is_count_model(model: Model) -> bool:
@@ -348,8 +391,9 @@ def load_model(
     expected_features: Sequence[str] | None = None,
     intra_op_threads: int = 1,
 ) -> Model:
-    """Load a model: with `name`, the newest version of MODELS_DIR/<name> (what the worker
-    serves); without, `path` is a version folder or a model-name folder (its newest version).
+    """Load a model: with `name`, the served version of MODELS_DIR/<name> (the newest, or the
+    one its PINNED file names: what the worker serves); without, `path` is a version folder
+    or a model-name folder (its newest version).
 
     `expected_features` defaults to the FEATURE_NAMES of the card's model name (a tabular
     model's: its input schema's columns); anything missing, corrupt or mismatched raises
@@ -363,7 +407,7 @@ def load_model(
                 f"serves {served} from {path}); train it first: "
                 f"{TABULAR_RETRAIN_HINT.format(name=name)}"
             )
-        version_dir = newest_version_dir(Path(path) / name)
+        version_dir = served_version_dir(Path(path) / name)
     else:
         version_dir = resolve_model_dir(Path(path))
     card = _read_card(version_dir)

@@ -37,8 +37,16 @@ def load_models(settings: Settings) -> dict[str, Any]:
     names = list(dict.fromkeys([*settings.worker.models, *_tabular_names(settings)]))
     models = {name: load_model(settings.models_dir, name) for name in names}
     for model in models.values():
-        check_model_scores(model)
+        check_model(model)
     return models
+
+
+def check_model(model: Any) -> None:
+    """Before serving a model, at start or in a swap (riskstream.model_swap)."""
+    from riskstream.scoring import check_card_samples
+
+    check_model_scores(model)
+    check_card_samples(model)
 
 
 def _tabular_names(settings: Settings) -> list[str]:
