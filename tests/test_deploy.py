@@ -52,6 +52,7 @@ PARTITIONS = {
     "transactions": 6,
     "market.indicators": 1,
     "risk.labels": 6,
+    "risk.requests": 6,
     "risk.scores": 6,
     "risk.alerts": 3,
     "risk.dlq": 3,
