@@ -398,6 +398,7 @@ class Stages:
             topics.alerts,
             max_rows=self.settings.worker.batch_size,
         )
+        scorer.shadow_topic = topics.shadow_scores
         return scorer
 
 

@@ -69,6 +69,10 @@ class BatchScorer:
         self.scores_topic = scores_topic
         self.alerts_topic = alerts_topic
         self.max_rows = max(1, max_rows)
+        # A challenger version scoring the same rows in shadow (riskstream.model_swap): its
+        # score records go to `shadow_topic`, never to alerts.
+        self.shadow: Scorer | None = None
+        self.shadow_topic: str | None = None
 
     def score_into(self, items: Sequence[PendingScore], outbox: Outbox) -> Callable[[], None]:
         """Score `items`, queue their records in `outbox`; returns what records the batch's
@@ -96,6 +100,8 @@ class BatchScorer:
         ]
         for record in records:
             outbox.add(self.scores_topic, record.event_id.encode(), contracts.encode(record))
+        if self.shadow is not None and self.shadow_topic is not None:
+            self._queue_shadow(self.shadow, self.shadow_topic, items, matrix, scored_at, outbox)
         alerting = [i for i, record in enumerate(records) if record.score >= self.scorer.threshold]
         if alerting:
             self._queue_alerts([records[i] for i in alerting], matrix[alerting], outbox)
@@ -109,6 +115,19 @@ class BatchScorer:
             self.observer.count_events(self.source_topic, "scored", len(items))
 
         return observe
+
+    def _queue_shadow(
+        self,
+        shadow: Scorer,
+        topic: str,
+        items: Sequence[PendingScore],
+        matrix: np.ndarray,
+        scored_at: str,
+        outbox: Outbox,
+    ) -> None:
+        for item, score in zip(items, shadow.score(matrix), strict=True):
+            record = self._score_record(item, float(score), scored_at, shadow)
+            outbox.add(topic, record.event_id.encode(), contracts.encode(record))
 
     def _queue_alerts(
         self, records: list[contracts.ScoreRecord], matrix: np.ndarray, outbox: Outbox
@@ -124,14 +143,15 @@ class BatchScorer:
             self.observer.alert(alert.model, alert.severity)
 
     def _score_record(
-        self, item: PendingScore, score: float, scored_at: str
+        self, item: PendingScore, score: float, scored_at: str, scorer: Scorer | None = None
     ) -> contracts.ScoreRecord:
+        scorer = scorer or self.scorer
         return contracts.ScoreRecord(
             event_id=item.event_id,
             event_type=item.event_type,
             entity_id=item.entity_id,
-            model=self.scorer.name,
-            model_version=self.scorer.version,
+            model=scorer.name,
+            model_version=scorer.version,
             score=score,
             event_timestamp=item.event_timestamp,
             scored_at=scored_at,

@@ -26,6 +26,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "replay": "riskstream.replay:replay_command",
     "alerts": "riskstream.alerts:alerts_command",
     "demo": "riskstream.demo:demo_command",
+    "promote": "riskstream.promote:promote_command",
 }
 
 

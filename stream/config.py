@@ -22,6 +22,7 @@ class Topics:
     labels: str = "risk.labels"
     requests: str = "risk.requests"
     scores: str = "risk.scores"
+    shadow_scores: str = "risk.scores.shadow"  # a challenger's scores (riskstream.model_swap)
     alerts: str = "risk.alerts"
     dlq: str = "risk.dlq"
 
@@ -33,6 +34,7 @@ class Topics:
             labels=env.get("RISKSTREAM_TOPIC_LABELS", cls.labels),
             requests=env.get("RISKSTREAM_TOPIC_REQUESTS", cls.requests),
             scores=env.get("RISKSTREAM_TOPIC_SCORES", cls.scores),
+            shadow_scores=env.get("RISKSTREAM_TOPIC_SHADOW_SCORES", cls.shadow_scores),
             alerts=env.get("RISKSTREAM_TOPIC_ALERTS", cls.alerts),
             dlq=env.get("RISKSTREAM_TOPIC_DLQ", cls.dlq),
         )

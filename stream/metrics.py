@@ -205,6 +205,7 @@ class WorkerMetrics:
         self._publish_error_children: dict[str, Any] = {}
         self._lag_children: dict[tuple[str, int], Any] = {}
         self._model_versions: dict[str, str] = {}
+        self._challenger_versions: dict[str, str] = {}
         self._batch_children: dict[str, tuple[_HistogramChild, ...]] = {}
         self.worker_info.labels(worker_id=self.worker_id, version=self.version).set(1)
         self.worker_healthy.set(0)
@@ -247,6 +248,12 @@ class WorkerMetrics:
             "riskstream_model_refusals",
             "Model versions found in the models folder and refused (load or check failed); "
             "the version in service kept serving.",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.challenger_info = Gauge(
+            "riskstream_challenger_info",
+            "The model version scoring in shadow beside the one in service (value 1).",
             ["model", "version"],
             registry=registry,
         )
@@ -384,6 +391,15 @@ class WorkerMetrics:
         child.inc(n)
 
     # -- state -----------------------------------------------------------------------------
+
+    def set_challenger(self, model: str, version: str | None) -> None:
+        """The version scoring in shadow (None: none any more)."""
+        previous = self._challenger_versions.pop(model, None)
+        if previous is not None:
+            self.challenger_info.remove(model, previous)
+        if version is not None:
+            self.challenger_info.labels(model=model, version=version).set(1)
+            self._challenger_versions[model] = version
 
     def refused_model(self, model: str, version: str) -> None:
         self.model_refusals.labels(model=model, version=version).inc()

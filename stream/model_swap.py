@@ -15,12 +15,20 @@ against). Batch handlers decode and score a batch without yielding to the event 
 falls between two batches: no batch is scored by two versions, and every score record names the
 version that made it. A version that fails is refused once, with a log line and
 `riskstream_model_refusals_total{model,version}`; the version in service keeps serving.
+
+A challenger. A version named in the model's CHALLENGER file is loaded and checked the same way
+and scores every batch the champion scores, in shadow: its score records go to the shadow
+scores topic (`risk.scores.shadow`), never to alerts, so both versions can be compared on the
+same events once labels arrive. A tabular challenger must take the champion's inputs (same
+columns, types and categories). `riskstream promote NAME VERSION` pins a version (and clears
+the CHALLENGER file that names it): it becomes the champion with no restart.
 `train` writes a version under a temporary name and renames it when complete, so a
 half-written version is never picked up.
 
 Pinned by tests/test_model_swap.py: against a real worker, a new version dropped in mid-stream
 serves within seconds with nothing lost, a broken one is refused while the old one serves, and
-a PINNED file puts an older version back.
+a PINNED file puts an older version back; a challenger's shadow scores equal offline scoring
+of that version, and promoting it makes it the champion.
 """
 
 from __future__ import annotations
@@ -32,18 +40,43 @@ from pathlib import Path
 from typing import Any
 
 from riskstream.features.tabular import TabularSchema, is_tabular_card, schema_from_card
-from riskstream.scoring import ModelError, load_model, served_version_dir
+from riskstream.scoring import (
+    ModelError,
+    challenger_version_dir,
+    load_model,
+    served_version_dir,
+)
 
 log = logging.getLogger(__name__)
 
 
-def load_checked(models_dir: Path, name: str) -> Any:
-    """The version to serve of model `name`, loaded and checked; raises ModelError."""
+def load_checked(models_dir: Path, name: str, version_dir: Path | None = None) -> Any:
+    """The version to serve of model `name` (or the one in `version_dir`), loaded and checked;
+    raises ModelError."""
     from riskstream.worker import check_model
 
-    model = load_model(models_dir, name)
+    if version_dir is None:
+        model = load_model(models_dir, name)
+    else:
+        model = load_model(version_dir)
+        if model.name != name:
+            raise ModelError(f"{version_dir} holds model {model.name!r}, not {name!r}")
     check_model(model)
     return model
+
+
+def same_inputs(champion: Any, challenger: Any) -> bool:
+    """Whether the challenger takes the rows the champion's inputs are encoded into: the same
+    feature code (window models, checked by load_model), or for a tabular model the same
+    columns, types, categories and nullability (the ranges seen in training may differ)."""
+    if not is_tabular_card(champion.card):
+        return True
+
+    def encoding(model: Any) -> tuple:
+        schema = schema_from_card(model.card)
+        return tuple((c.name, c.kind, c.nullable, c.categories) for c in schema.columns)
+
+    return encoding(champion) == encoding(challenger)
 
 
 class ModelSwap:
@@ -65,6 +98,7 @@ class ModelSwap:
     async def check(self) -> None:
         for name in list(self.scorers):
             await self._check_one(name)
+            await self._check_challenger(name)
 
     async def _check_one(self, name: str) -> None:
         scorer = self.scorers[name]
@@ -82,6 +116,44 @@ class ModelSwap:
             self._refuse(name, wanted.name, str(exc))
             return
         self._serve(name, model)
+
+    async def _check_challenger(self, name: str) -> None:
+        scorer = self.scorers[name]
+        try:
+            wanted = challenger_version_dir(self.models_dir / name)
+        except ModelError as exc:
+            self._refuse(name, "?", str(exc))
+            return
+        if wanted is None or wanted.name == Path(scorer.scorer.path).name:
+            self._retire_challenger(name)  # none named, or it is the champion now
+            return
+        current = scorer.shadow
+        if current is not None and Path(current.path).name == wanted.name:
+            return
+        if (name, wanted.name) in self.refused:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            model = await loop.run_in_executor(None, load_checked, self.models_dir, name, wanted)
+            if not same_inputs(scorer.scorer, model):
+                raise ModelError(
+                    f"{wanted}: its input schema differs from the champion's, so it cannot "
+                    "score the champion's rows in shadow; promote it to serve it"
+                )
+        except ModelError as exc:
+            self._refuse(name, wanted.name, str(exc))
+            return
+        scorer.shadow = model
+        self.metrics.set_challenger(name, model.version)
+        log.info("model %s: version %s scores in shadow (challenger)", name, model.version)
+
+    def _retire_challenger(self, name: str) -> None:
+        scorer = self.scorers[name]
+        if scorer.shadow is None:
+            return
+        log.info("model %s: challenger %s no longer scores", name, scorer.shadow.version)
+        scorer.shadow = None
+        self.metrics.set_challenger(name, None)
 
     def _serve(self, name: str, model: Any) -> None:
         previous = self.scorers[name].scorer

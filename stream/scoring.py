@@ -113,6 +113,24 @@ def served_version_dir(name_dir: Path) -> Path:
     return pinned
 
 
+CHALLENGER_FILE = "CHALLENGER"
+
+
+def challenger_version_dir(name_dir: Path) -> Path | None:
+    """The version a model's CHALLENGER file names (served in shadow), or None."""
+    named = Path(name_dir) / CHALLENGER_FILE
+    if not named.is_file():
+        return None
+    version = named.read_text(encoding="utf-8").strip()
+    challenger = Path(name_dir) / version
+    if not VERSION_PATTERN.match(version) or not challenger.is_dir():
+        raise ModelError(
+            f"{named} names {version!r}, which is not a version folder beside it: write the "
+            f"name of one (YYYYMMDDTHHMMSSZ) or delete the file"
+        )
+    return challenger
+
+
 def resolve_model_dir(path: Path) -> Path:
     """A version folder as given, or the newest version inside a model-name folder."""
     path = Path(path)

@@ -94,6 +94,7 @@ def input_topics(settings: Settings, models: Collection[str]) -> dict[str, int]:
     topics = settings.topics
     wanted = {
         topics.scores: settings.worker.partitions,
+        topics.shadow_scores: settings.worker.partitions,
         topics.alerts: settings.worker.partitions,
         topics.dlq: settings.worker.partitions,
     }
@@ -198,7 +199,8 @@ def run_worker(settings: Settings) -> None:
         sys.exit(EXIT_METRICS_PORT)
     log.info("metrics at http://%s:%s/metrics", settings.metrics_host, settings.metrics_port)
 
-    outputs = {settings.topics.scores, settings.topics.alerts, settings.topics.dlq}
+    topics = settings.topics
+    outputs = {topics.scores, topics.shadow_scores, topics.alerts, topics.dlq}
     partitions = loop.run_until_complete(
         wait_for_topics(settings, input_topics(settings, models), written_only_by_us=outputs)
     )
