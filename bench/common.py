@@ -256,35 +256,11 @@ class Record:
 
 
 async def _read_topic(bootstrap: str, topic: str) -> list[Record]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     from riskstream.config import KafkaSettings
-    from riskstream.kafka import partition_counts
+    from riskstream.kafka import read_to_end
 
-    kafka = KafkaSettings(bootstrap_servers=bootstrap)
-    count = (await partition_counts(kafka, [topic])).get(topic)
-    if not count:
-        raise RuntimeError(f"topic {topic} does not exist")
-    partitions = [TopicPartition(topic, p) for p in range(count)]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    await consumer.start()
-    records: list[Record] = []
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            batches = await consumer.getmany(timeout_ms=500, max_records=50_000)
-            for tp, messages in batches.items():
-                records.extend(Record(m.key, m.value, m.timestamp, tp.partition) for m in messages)
-    finally:
-        await consumer.stop()
-    return records
+    messages = await read_to_end(KafkaSettings(bootstrap_servers=bootstrap), topic)
+    return [Record(m.key, m.value, m.timestamp, m.partition) for m in messages]
 
 
 def read_topic(bootstrap: str, topic: str) -> list[Record]:

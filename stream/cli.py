@@ -27,6 +27,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "alerts": "riskstream.alerts:alerts_command",
     "demo": "riskstream.demo:demo_command",
     "promote": "riskstream.promote:promote_command",
+    "compare": "riskstream.compare:compare_command",
 }
 
 

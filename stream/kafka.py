@@ -188,6 +188,37 @@ async def fetched_highwaters(
     return marks
 
 
+async def read_to_end(kafka: KafkaSettings, topic: str) -> list[Any]:
+    """Every record of `topic` (aiokafka ConsumerRecords) from its start to its current end:
+    a snapshot for tools and tests, not a live tail."""
+    from riskstream.fetch_wait import AdaptiveFetchWait
+
+    count = (await partition_counts(kafka, [topic])).get(topic)
+    if not count:
+        raise BrokerUnavailable(f"topic {topic} does not exist at {kafka.bootstrap_servers}")
+    partitions = [TopicPartition(topic, p) for p in range(count)]
+    consumer = AIOKafkaConsumer(
+        **kafka.aiokafka_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        AdaptiveFetchWait(consumer._fetch_max_wait_ms).install(consumer)  # long topics, Tansu
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            batches = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            for messages in batches.values():
+                records.extend(messages)
+    finally:
+        await consumer.stop()
+    return records
+
+
 def faust_credentials(kafka: KafkaSettings) -> Any:
     """Faust's credential object for the configured security protocol (None for PLAINTEXT)."""
     import ssl

@@ -244,6 +244,27 @@ def test_a_challenger_scores_in_shadow_then_is_promoted_without_a_restart(
     assert {r.model_version for r in served.values()} == {champion}
     assert {after[f"r{BATCH + i}"].model_version for i in range(BATCH)} == {NEWER}
 
+    # riskstream compare: both versions on the events both scored, with their labels.
+    from riskstream.compare import compare_command
+    from riskstream.training.metrics import average_precision
+
+    rng = np.random.default_rng(5)
+    labels = {f"r{i}": int(rng.random() < 0.4) for i in range(BATCH)}
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("event_id,label\n" + "".join(f"{k},{v}\n" for k, v in labels.items()))
+    compared = CliRunner(env=env.environ()).invoke(
+        compare_command,
+        ["credit", "--labels", str(labels_csv), "--models-dir", str(models)],
+        terminal_width=200,
+    )
+    assert compared.exit_code == 0, compared.output
+    truth = np.array([labels[f"r{i}"] for i in range(BATCH)])
+    for role, records, version in (("champion", served, champion), ("challenger", shadow, NEWER)):
+        values = np.array([records[f"r{i}"].score for i in range(BATCH)])
+        expected_ap = average_precision(truth, values)
+        line = next(line for line in compared.output.splitlines() if f" {role} │" in line)
+        assert version in line and f"{expected_ap:.4f}" in line, (line, expected_ap)
+
 
 def test_promote_checks_the_version_before_pinning_it(tmp_path: Path) -> None:
     from click.testing import CliRunner
