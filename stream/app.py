@@ -397,6 +397,7 @@ class Stages:
             topics.scores,
             topics.alerts,
             max_rows=self.settings.worker.batch_size,
+            drift_window=self.settings.worker.drift_window,
         )
         scorer.shadow_topic = topics.shadow_scores
         return scorer

@@ -21,6 +21,7 @@ import numpy as np
 
 from riskstream import contracts
 from riskstream.alerts import build_alert
+from riskstream.drift import DriftWindow
 from riskstream.outbox import Outbox
 from riskstream.pipeline import PendingScore, rfc3339
 
@@ -37,6 +38,9 @@ class Scorer(Protocol):
     def severity(self, score: float) -> str | None: ...
 
 
+DRIFT_REPORT_SECONDS = 1.0
+
+
 class BatchObserver(Protocol):
     def observe_batch(
         self,
@@ -48,6 +52,7 @@ class BatchObserver(Protocol):
     ) -> None: ...
     def alert(self, model: str, severity: str) -> None: ...
     def count_events(self, topic: str, outcome: str, n: int = 1) -> None: ...
+    def set_drift(self, model: str, features: dict[str, float], score: float) -> None: ...
 
 
 class BatchScorer:
@@ -62,6 +67,7 @@ class BatchScorer:
         alerts_topic: str,
         *,
         max_rows: int = 512,
+        drift_window: int = 0,
     ) -> None:
         self.scorer = scorer
         self.observer = observer
@@ -73,6 +79,16 @@ class BatchScorer:
         # score records go to `shadow_topic`, never to alerts.
         self.shadow: Scorer | None = None
         self.shadow_topic: str | None = None
+        # The model's inputs and scores against its card's training distribution (riskstream.
+        # drift), reported at most every DRIFT_REPORT_SECONDS: cheap per batch, not per event.
+        self.drift_window = drift_window
+        self.drift = DriftWindow.for_card(getattr(scorer, "card", {}), drift_window)
+        self._drift_reported = 0.0
+
+    def serve(self, scorer: Scorer) -> None:
+        """Score from the next batch on with `scorer` (a new version: its drift starts anew)."""
+        self.scorer = scorer
+        self.drift = DriftWindow.for_card(getattr(scorer, "card", {}), self.drift_window)
 
     def score_into(self, items: Sequence[PendingScore], outbox: Outbox) -> Callable[[], None]:
         """Score `items`, queue their records in `outbox`; returns what records the batch's
@@ -100,6 +116,8 @@ class BatchScorer:
         ]
         for record in records:
             outbox.add(self.scores_topic, record.event_id.encode(), contracts.encode(record))
+        if self.drift is not None:
+            self._watch_drift(self.drift, matrix, scores)
         if self.shadow is not None and self.shadow_topic is not None:
             self._queue_shadow(self.shadow, self.shadow_topic, items, matrix, scored_at, outbox)
         alerting = [i for i, record in enumerate(records) if record.score >= self.scorer.threshold]
@@ -115,6 +133,16 @@ class BatchScorer:
             self.observer.count_events(self.source_topic, "scored", len(items))
 
         return observe
+
+    def _watch_drift(self, drift: DriftWindow, matrix: np.ndarray, scores: np.ndarray) -> None:
+        drift.observe(matrix, scores)
+        now = time.monotonic()
+        if now - self._drift_reported < DRIFT_REPORT_SECONDS:
+            return
+        self._drift_reported = now
+        indexes = drift.indexes()
+        if indexes is not None:
+            self.observer.set_drift(self.scorer.name, *indexes)
 
     def _queue_shadow(
         self,

@@ -251,6 +251,20 @@ class WorkerMetrics:
             ["model", "version"],
             registry=registry,
         )
+        self.feature_psi = Gauge(
+            "riskstream_feature_psi",
+            "Population stability index of one input of a model over the last "
+            "RISKSTREAM_DRIFT_WINDOW rows scored, against its training distribution (card).",
+            ["model", "feature"],
+            registry=registry,
+        )
+        self.score_psi = Gauge(
+            "riskstream_score_psi",
+            "Population stability index of a model's scores over the last RISKSTREAM_DRIFT_WINDOW "
+            "rows, against its validation scores (card).",
+            ["model"],
+            registry=registry,
+        )
         self.challenger_info = Gauge(
             "riskstream_challenger_info",
             "The model version scoring in shadow beside the one in service (value 1).",
@@ -391,6 +405,11 @@ class WorkerMetrics:
         child.inc(n)
 
     # -- state -----------------------------------------------------------------------------
+
+    def set_drift(self, model: str, features: dict[str, float], score: float) -> None:
+        for feature, index in features.items():
+            self.feature_psi.labels(model=model, feature=feature).set(index)
+        self.score_psi.labels(model=model).set(score)
 
     def set_challenger(self, model: str, version: str | None) -> None:
         """The version scoring in shadow (None: none any more)."""

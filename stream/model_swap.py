@@ -159,7 +159,7 @@ class ModelSwap:
         previous = self.scorers[name].scorer
         if is_tabular_card(model.card):
             self.schemas[name] = schema_from_card(model.card)
-        self.scorers[name].scorer = model  # the next batch scores with it
+        self.scorers[name].serve(model)  # the next batch scores with it
         self.metrics.set_model(name, model.version)
         log.info(
             "model %s: version %s in service (was %s), threshold %.4f",

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from riskstream.drift import reference_bins
 from riskstream.training.metrics import best_f1_threshold, precision_target_threshold
 
 THRESHOLD_RULE_PATTERN = re.compile(r"^(max-f1|(precision|top):(0?\.\d+|1(\.0*)?))$")
@@ -127,6 +128,7 @@ def build_card(
     training: dict[str, Any],
     features_sha256: str | None = None,
     baseline: tuple[list[float], list[float]] | None = None,
+    reference_scores: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The card every model gets. `training_window` is None for tables without a time column;
     `features_sha256` and `baseline` (occlusion values and spreads) default to the raw matrix's
@@ -160,4 +162,19 @@ def build_card(
         "feature_means": means,
         "feature_stds": stds,
         "training": training,
+        **drift_reference(training_features, reference_scores),
+    }
+
+
+def drift_reference(features: np.ndarray, scores: np.ndarray | None) -> dict[str, Any]:
+    """The card's `drift` section: each input's training distribution and the validation
+    scores', which the worker compares with what it serves (riskstream.drift)."""
+    if scores is None:
+        return {}
+    matrix = np.asarray(features, dtype=np.float64)
+    return {
+        "drift": {
+            "features": [reference_bins(matrix[:, j]) for j in range(matrix.shape[1])],
+            "score": reference_bins(np.asarray(scores, dtype=np.float64)),
+        }
     }

@@ -165,6 +165,7 @@ def train_on_rows(rows: LabeledRows, request: TrainRequest, console: Console) ->
             metrics=metrics,
             bands=cards.severity_bands(threshold, val_scores),
             training=_training_record(request, config, fit_rows, val_rows, outcomes),
+            reference_scores=val_scores,
         )
 
     version_dir, card = trainer.export_and_publish(

@@ -238,7 +238,7 @@ def train_on_table(
             metrics["test"] = part_metrics(task, test_rows, scores[is_test])
         metrics["onnx_parity_max_abs_diff"] = parity
         bands = cards.severity_bands(threshold, val_scores)
-        return tabular_card(
+        card = tabular_card(
             prepared,
             request,
             config,
@@ -250,6 +250,9 @@ def train_on_table(
             samples,
             created_at,
         )
+        trained = prepared.is_fit | prepared.is_validation
+        card.update(cards.drift_reference(rows.features[trained], val_scores))
+        return card
 
     version_dir, card = trainer.export_and_publish(
         request.out, request.name, model, scores, rows.features, console, make_card
