@@ -97,38 +97,33 @@ def newest_version_dir(name_dir: Path) -> Path:
 PIN_FILE = "PINNED"
 
 
+CHALLENGER_FILE = "CHALLENGER"
+
+
 def served_version_dir(name_dir: Path) -> Path:
     """The version a worker serves from a model's folder: the one named in its PINNED file (a
     version kept in service on purpose, newer ones notwithstanding), else the newest."""
-    pin = Path(name_dir) / PIN_FILE
-    if not pin.is_file():
-        return newest_version_dir(name_dir)
-    version = pin.read_text(encoding="utf-8").strip()
-    pinned = Path(name_dir) / version
-    if not VERSION_PATTERN.match(version) or not pinned.is_dir():
-        raise ModelError(
-            f"{pin} pins {version!r}, which is not a version folder beside it: write the name "
-            f"of one (YYYYMMDDTHHMMSSZ) or delete the file to serve the newest"
-        )
-    return pinned
-
-
-CHALLENGER_FILE = "CHALLENGER"
+    return _named_version(name_dir, PIN_FILE) or newest_version_dir(name_dir)
 
 
 def challenger_version_dir(name_dir: Path) -> Path | None:
     """The version a model's CHALLENGER file names (served in shadow), or None."""
-    named = Path(name_dir) / CHALLENGER_FILE
+    return _named_version(name_dir, CHALLENGER_FILE)
+
+
+def _named_version(name_dir: Path, file_name: str) -> Path | None:
+    """The version folder a small file in a model's folder names; None without the file."""
+    named = Path(name_dir) / file_name
     if not named.is_file():
         return None
     version = named.read_text(encoding="utf-8").strip()
-    challenger = Path(name_dir) / version
-    if not VERSION_PATTERN.match(version) or not challenger.is_dir():
+    version_dir = Path(name_dir) / version
+    if not VERSION_PATTERN.match(version) or not version_dir.is_dir():
         raise ModelError(
             f"{named} names {version!r}, which is not a version folder beside it: write the "
-            f"name of one (YYYYMMDDTHHMMSSZ) or delete the file"
+            f"name of one (YYYYMMDDTHHMMSSZ), or delete the file"
         )
-    return challenger
+    return version_dir
 
 
 def resolve_model_dir(path: Path) -> Path:

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stream_support import StreamEnv, WorkerProcess, metric_value
+from stream_support import WorkerProcess, metric_value
+from test_model_swap import credit_env
 
-from riskstream.credit_table import simulate_credit, write_credit
+from riskstream.credit_table import HEADER, simulate_credit, write_credit
 from riskstream.demo import BUNDLED_MODELS
 from riskstream.drift import DriftWindow, bin_counts, psi, reference_bins
 from riskstream.replay import publish, request_events
 
 SHIFTED = "MonthlyIncome"
+BUNDLED_FEATURES = HEADER[2:]  # the shipped credit model's inputs: the table less id and label
 
 
 def test_psi_is_zero_for_equal_shares_and_follows_the_formula() -> None:
@@ -68,13 +70,7 @@ def _requests_file(path: Path, seed: int, income_factor: float, rows: int = 1500
 def test_a_worker_reports_a_shifted_input_and_not_the_others(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    env = StreamEnv(
-        kafka_bootstrap,
-        BUNDLED_MODELS,
-        tmp_path,
-        models="",
-        extra={"RISKSTREAM_TABULAR_MODELS": "credit", "RISKSTREAM_DRIFT_WINDOW": "1000"},
-    )
+    env = credit_env(kafka_bootstrap, BUNDLED_MODELS, tmp_path, RISKSTREAM_DRIFT_WINDOW="1000")
     settings = env.settings()
     worker = WorkerProcess(env).start()
 
@@ -111,18 +107,3 @@ def test_a_worker_reports_a_shifted_input_and_not_the_others(
     # The window (the last 1,000 rows) holds the shifted file's last rows and the small nudge.
     assert shifted[SHIFTED] >= 0.25, shifted
     assert max(v for k, v in shifted.items() if k != SHIFTED) < 0.1, shifted
-
-
-BUNDLED_FEATURES = (
-    "RevolvingUtilizationOfUnsecuredLines",
-    "age",
-    "NumberOfTime30-59DaysPastDueNotWorse",
-    "DebtRatio",
-    "MonthlyIncome",
-    "NumberOfOpenCreditLinesAndLoans",
-    "NumberOfTimes90DaysLate",
-    "NumberRealEstateLoansOrLines",
-    "NumberOfTime60-89DaysPastDueNotWorse",
-    "NumberOfDependents",
-    "housing",
-)

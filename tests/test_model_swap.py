@@ -25,6 +25,12 @@ BATCH = 40
 NEWER, BROKEN = "20300101T000000Z", "20310101T000000Z"
 
 
+def credit_env(bootstrap: str, models: Path, workdir: Path, **settings: str) -> StreamEnv:
+    """A worker serving the tabular models of `models` alone (no window model)."""
+    extra = {"RISKSTREAM_TABULAR_MODELS": "*", **settings}
+    return StreamEnv(bootstrap, models, workdir, models="", extra=extra)
+
+
 def _requests(first: int, card: dict) -> list[bytes]:
     """BATCH requests made of the card's sample records (ids first, first + 1, …)."""
     samples = [sample["features"] for sample in card["samples"]]
@@ -80,13 +86,7 @@ def test_versions_swap_in_refuse_and_pin_without_a_restart(
     shutil.copytree(BUNDLED_MODELS / "credit", models / "credit")
     (original,) = [p.name for p in (models / "credit").iterdir()]
     card = json.loads((models / "credit" / original / "card.json").read_text())
-    env = StreamEnv(
-        kafka_bootstrap,
-        models,
-        tmp_path,
-        models="",
-        extra={"RISKSTREAM_TABULAR_MODELS": "*", "RISKSTREAM_MODEL_WATCH_SECONDS": "0.5"},
-    )
+    env = credit_env(kafka_bootstrap, models, tmp_path, RISKSTREAM_MODEL_WATCH_SECONDS="0.5")
     settings = env.settings()
     worker = WorkerProcess(env).start()
 
@@ -181,13 +181,7 @@ def test_a_challenger_scores_in_shadow_then_is_promoted_without_a_restart(
     _halved_version(models, champion, NEWER)
     (models / "credit" / PIN_FILE).write_text(champion)  # the newer one waits as a challenger
     (models / "credit" / CHALLENGER_FILE).write_text(NEWER)
-    env = StreamEnv(
-        kafka_bootstrap,
-        models,
-        tmp_path,
-        models="",
-        extra={"RISKSTREAM_TABULAR_MODELS": "*", "RISKSTREAM_MODEL_WATCH_SECONDS": "0.5"},
-    )
+    env = credit_env(kafka_bootstrap, models, tmp_path, RISKSTREAM_MODEL_WATCH_SECONDS="0.5")
     settings = env.settings()
     worker = WorkerProcess(env).start()
 
