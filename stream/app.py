@@ -46,6 +46,7 @@ from riskstream.config import Settings
 from riskstream.faust_app import RiskstreamApp, faust_app
 from riskstream.features import fraud as fraud_features
 from riskstream.features.tabular import schema_from_card
+from riskstream.label_join import LabelJoin
 from riskstream.model_swap import ModelSwap
 from riskstream.outbox import Outbox, Publisher
 from riskstream.table_writes import TableWrites
@@ -554,6 +555,7 @@ class FraudHop:
         self.sources = sources
         self.clocks = SourceClocks(refresh_seconds=2.0)
         self.queues: dict[int, HoldQueue[Held]] = {}
+        self.joins: dict[int, LabelJoin] = {}  # alerts awaiting their label, per partition
         self.delay = float(fraud_features.LABEL_DELAY_SECONDS)
 
     def customer_stage_handler(self, customers: Any) -> BatchHandler:
@@ -634,16 +636,28 @@ class FraudHop:
             queue = self.queues.get(tp.partition)
             if queue is None:
                 queue = self.queues[tp.partition] = HoldQueue(self.sources, self.delay)
-            batch = TerminalBatch(stages, outbox, state, queue)
+            join = self._join(tp.partition)
+            batch = TerminalBatch(stages, outbox, state, queue, join, scorer)
             for record in records:
                 batch.take(record)
             stages.metrics.set_held(sum(len(q) for q in self.queues.values()))
             state.send_changes(outbox)
-            observe = scorer.score_into(batch.ready, outbox) if batch.ready else None
+            alerted: list[Any] = []
+            observe = scorer.score_into(batch.ready, outbox, alerted) if batch.ready else None
+            batch.join_alerts(alerted)
+            awaiting = sum(j.awaiting for j in self.joins.values())
+            stages.metrics.set_awaiting_label(scorer.scorer.name, awaiting)
             stages.progress.saw(tp.topic, tp.partition, records[-1].offset)
             await stages.publish(tp, batch.done, outbox, observe)
 
         return terminal_stage
+
+    def _join(self, partition: int) -> LabelJoin:
+        join = self.joins.get(partition)
+        if join is None:
+            window = self.stages.settings.worker.label_window_days * 86_400.0
+            join = self.joins[partition] = LabelJoin(self.stages.metrics.label_outcome, window)
+        return join
 
     async def report(self, source: tuple[str, int], value: float) -> None:
         """To every stage-2 partition, after the forwards it covers (same producer)."""
@@ -673,6 +687,7 @@ class FraudHop:
         for tp in revoked:
             if tp.topic == self.topic:
                 self.queues.pop(tp.partition, None)
+                self.joins.pop(tp.partition, None)
         self.stages.metrics.set_held(sum(len(q) for q in self.queues.values()))
 
 
@@ -680,10 +695,18 @@ class TerminalBatch:
     """One stage-2 batch: which transactions are ready to score, which offsets are done."""
 
     def __init__(
-        self, stages: Stages, outbox: Outbox, state: TableWrites, queue: HoldQueue[Held]
+        self,
+        stages: Stages,
+        outbox: Outbox,
+        state: TableWrites,
+        queue: HoldQueue[Held],
+        join: LabelJoin,
+        scorer: BatchScorer,
     ) -> None:
         self.stages, self.outbox, self.state, self.queue = stages, outbox, state, queue
+        self.join, self.scorer = join, scorer
         self.ready: list[pipeline.PendingScore] = []
+        self.times: dict[str, float] = {}  # event time of each transaction in `ready`
         self.done: list[int] = []  # offsets whose outputs are in this batch's outbox
 
     def take(self, record: Any) -> None:
@@ -704,7 +727,13 @@ class TerminalBatch:
             for held_record, transaction in self.queue.release():
                 self.score(held_record, transaction)
         elif ok:
-            self.stages.run_step(self.outbox, record, pipeline.terminal_stage, message, self.state)
+            applied, _ = self.stages.run_step(
+                self.outbox, record, pipeline.terminal_stage, message, self.state
+            )
+            if applied and isinstance(message, pipeline.ForwardedLabel):
+                self.join.labelled(
+                    message.transaction_id, message.transaction_timestamp, message.fraud
+                )
         self.done.append(record.offset)
 
     def score(self, record: Any, transaction: pipeline.ForwardedTransaction) -> None:
@@ -713,7 +742,19 @@ class TerminalBatch:
         )
         if ok and pending is not None:
             self.ready.append(pending)
+            self.times[pending.event_id] = transaction.timestamp
         self.done.append(record.offset)
+
+    def join_alerts(self, alerted: list[Any]) -> None:
+        """The batch's scores meet their labels (riskstream.label_join); the batch's newest
+        event time settles what waited longer than the label window."""
+        if not self.times:
+            return
+        alerts = {record.event_id for record in alerted}
+        model = self.scorer.scorer
+        for event_id, event_time in self.times.items():
+            self.join.scored(event_id, event_time, model.name, model.version, event_id in alerts)
+        self.join.scored_up_to(max(self.times.values()), model.name, model.version)
 
 
 async def _start_offset(app: faust.App, tp: Any) -> int:

@@ -90,11 +90,17 @@ class BatchScorer:
         self.scorer = scorer
         self.drift = DriftWindow.for_card(getattr(scorer, "card", {}), self.drift_window)
 
-    def score_into(self, items: Sequence[PendingScore], outbox: Outbox) -> Callable[[], None]:
-        """Score `items`, queue their records in `outbox`; returns what records the batch's
-        metrics, to call once the outbox was delivered."""
+    def score_into(
+        self,
+        items: Sequence[PendingScore],
+        outbox: Outbox,
+        alerted: list[contracts.ScoreRecord] | None = None,
+    ) -> Callable[[], None]:
+        """Score `items`, queue their records in `outbox` (and the score records that alert in
+        `alerted`, when given); returns what records the batch's metrics, to call once the
+        outbox was delivered."""
         observations = [
-            self._score_rows(items[start : start + self.max_rows], outbox)
+            self._score_rows(items[start : start + self.max_rows], outbox, alerted)
             for start in range(0, len(items), self.max_rows)
         ]
 
@@ -104,7 +110,12 @@ class BatchScorer:
 
         return observe
 
-    def _score_rows(self, items: Sequence[PendingScore], outbox: Outbox) -> Callable[[], None]:
+    def _score_rows(
+        self,
+        items: Sequence[PendingScore],
+        outbox: Outbox,
+        alerted: list[contracts.ScoreRecord] | None = None,
+    ) -> Callable[[], None]:
         matrix = np.asarray([item.vector for item in items], dtype=np.float32)
         started = time.perf_counter()
         scores = self.scorer.score(matrix)
@@ -123,6 +134,8 @@ class BatchScorer:
         alerting = [i for i, record in enumerate(records) if record.score >= self.scorer.threshold]
         if alerting:
             self._queue_alerts([records[i] for i in alerting], matrix[alerting], outbox)
+            if alerted is not None:
+                alerted.extend(records[i] for i in alerting)
         sources_ms = np.fromiter((item.source_timestamp_ms for item in items), np.float64)
 
         def observe() -> None:

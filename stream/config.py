@@ -111,6 +111,7 @@ class WorkerSettings:
     # its customer's event time (features.fraud.ALLOWED_LATENESS_SECONDS): at a backlog's
     # speed Faust's 2.8 s span days of event time.
     commit_interval_s: float = 0.5
+    label_window_days: float = 8.0  # an alert without a fraud label this long after: false
     drift_window: int = 10_000  # rows per model whose distribution is compared; 0: no drift
     model_watch_seconds: float = 5.0  # how often served models' folders are looked at; 0: never
     log_level: str = "info"
@@ -145,6 +146,7 @@ class WorkerSettings:
             ),
             stall_seconds=float(env.get("RISKSTREAM_STALL_SECONDS", cls.stall_seconds)),
             commit_interval_s=float(env.get("RISKSTREAM_COMMIT_INTERVAL_S", cls.commit_interval_s)),
+            label_window_days=float(env.get("RISKSTREAM_LABEL_WINDOW_DAYS", cls.label_window_days)),
             drift_window=int(env.get("RISKSTREAM_DRIFT_WINDOW", cls.drift_window)),
             model_watch_seconds=float(
                 env.get("RISKSTREAM_MODEL_WATCH_SECONDS", cls.model_watch_seconds)

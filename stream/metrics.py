@@ -251,6 +251,20 @@ class WorkerMetrics:
             ["model", "version"],
             registry=registry,
         )
+        self.label_outcomes = Counter(
+            "riskstream_label_outcomes",
+            "Alerts and labels joined (riskstream.label_join): true_positive, false_positive "
+            "(a genuine label, or no fraud label within the label window), false_negative (a "
+            "fraud label without an alert), by model and version.",
+            ["model", "version", "outcome"],
+            registry=registry,
+        )
+        self.alerts_awaiting_label = Gauge(
+            "riskstream_alerts_awaiting_label",
+            "Alerts whose label has not come yet and whose label window is still open.",
+            ["model"],
+            registry=registry,
+        )
         self.feature_psi = Gauge(
             "riskstream_feature_psi",
             "Population stability index of one input of a model over the last "
@@ -405,6 +419,12 @@ class WorkerMetrics:
         child.inc(n)
 
     # -- state -----------------------------------------------------------------------------
+
+    def label_outcome(self, model: str, version: str, outcome: str) -> None:
+        self.label_outcomes.labels(model=model, version=version, outcome=outcome).inc()
+
+    def set_awaiting_label(self, model: str, alerts: int) -> None:
+        self.alerts_awaiting_label.labels(model=model).set(alerts)
 
     def set_drift(self, model: str, features: dict[str, float], score: float) -> None:
         for feature, index in features.items():

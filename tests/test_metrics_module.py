@@ -35,6 +35,8 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "riskstream_publish_errors": ("counter", {"topic"}),
     "riskstream_model_refusals": ("counter", {"model", "version"}),
     "riskstream_challenger_info": ("gauge", {"model", "version"}),
+    "riskstream_label_outcomes": ("counter", {"model", "version", "outcome"}),
+    "riskstream_alerts_awaiting_label": ("gauge", {"model"}),
     "riskstream_feature_psi": ("gauge", {"model", "feature"}),
     "riskstream_score_psi": ("gauge", {"model"}),
     "riskstream_model_info": ("gauge", {"model", "version"}),
