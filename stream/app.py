@@ -41,7 +41,7 @@ from faust.types import StreamT
 
 from riskstream import contracts, pipeline
 from riskstream.batch_hook import BatchHandler, ack_when_delivered
-from riskstream.batching import BatchScorer
+from riskstream.batching import BatchScorer, all_of
 from riskstream.config import Settings
 from riskstream.faust_app import RiskstreamApp, faust_app
 from riskstream.features import fraud as fraud_features
@@ -399,8 +399,8 @@ class Stages:
             topics.alerts,
             max_rows=self.settings.worker.batch_size,
             drift_window=self.settings.worker.drift_window,
+            shadow_topic=topics.shadow_scores,
         )
-        scorer.shadow_topic = topics.shadow_scores
         return scorer
 
 
@@ -829,14 +829,6 @@ def _wire_requests(stages: Stages, models: dict[str, Any], partitions: int) -> N
         observers = [scorers[name].score_into(items, outbox) for name, items in ready.items()]
         offsets = [record.offset for record in records]
         stages.progress.saw(tp.topic, tp.partition, offsets[-1])
-        await stages.publish(tp, offsets, outbox, _all_of(observers) if observers else None)
+        await stages.publish(tp, offsets, outbox, all_of(observers) if observers else None)
 
     _consume_in_batches(app, requests, "request-stage", request_stage)
-
-
-def _all_of(calls: list[Callable[[], None]]) -> Callable[[], None]:
-    def call_all() -> None:
-        for call in calls:
-            call()
-
-    return call_all

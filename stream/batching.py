@@ -55,6 +55,16 @@ class BatchObserver(Protocol):
     def set_drift(self, model: str, features: dict[str, float], score: float) -> None: ...
 
 
+def all_of(calls: Sequence[Callable[[], None]]) -> Callable[[], None]:
+    """One callable that calls each of `calls` in order (a batch's metrics, once delivered)."""
+
+    def call_all() -> None:
+        for call in calls:
+            call()
+
+    return call_all
+
+
 class BatchScorer:
     """Scores batches for one model and queues their records."""
 
@@ -68,6 +78,7 @@ class BatchScorer:
         *,
         max_rows: int = 512,
         drift_window: int = 0,
+        shadow_topic: str | None = None,
     ) -> None:
         self.scorer = scorer
         self.observer = observer
@@ -78,7 +89,7 @@ class BatchScorer:
         # A challenger version scoring the same rows in shadow (riskstream.model_swap): its
         # score records go to `shadow_topic`, never to alerts.
         self.shadow: Scorer | None = None
-        self.shadow_topic: str | None = None
+        self.shadow_topic = shadow_topic
         # The model's inputs and scores against its card's training distribution (riskstream.
         # drift), reported at most every DRIFT_REPORT_SECONDS: cheap per batch, not per event.
         self.drift_window = drift_window
@@ -99,16 +110,12 @@ class BatchScorer:
         """Score `items`, queue their records in `outbox` (and the score records that alert in
         `alerted`, when given); returns what records the batch's metrics, to call once the
         outbox was delivered."""
-        observations = [
-            self._score_rows(items[start : start + self.max_rows], outbox, alerted)
-            for start in range(0, len(items), self.max_rows)
-        ]
-
-        def observe() -> None:
-            for observe_rows in observations:
-                observe_rows()
-
-        return observe
+        return all_of(
+            [
+                self._score_rows(items[start : start + self.max_rows], outbox, alerted)
+                for start in range(0, len(items), self.max_rows)
+            ]
+        )
 
     def _score_rows(
         self,

@@ -37,26 +37,27 @@ class VersionReport:
     roc_auc: float
 
 
+Scored = tuple[str, str, dict[str, float]]  # (role, version, event id -> score)
+
+
 def report(
-    scores: dict[str, dict[str, float]], labels: dict[str, int], thresholds: dict[str, float]
+    versions: list[Scored], labels: dict[str, int], thresholds: dict[str, float]
 ) -> list[VersionReport]:
-    """`scores`: role -> {event id: score} (one version per role); only events both roles
-    scored and a label exists for count."""
+    """One report per version, over the events every version scored and a label exists for."""
     from riskstream.training.metrics import average_precision, roc_auc
 
-    common = set.intersection(*(set(by_event) for by_event in scores.values()), set(labels))
+    common = set.intersection(*(set(by_event) for _, _, by_event in versions), set(labels))
     events = sorted(common)
     truth = np.array([labels[event] for event in events], dtype=np.int8)
     reports = []
-    for role, by_event in scores.items():
-        version, _, _ = role.partition("|")
+    for role, version, by_event in versions:
         values = np.array([by_event[event] for event in events], dtype=np.float64)
         alerting = values >= thresholds[version]
         hits = int((alerting & (truth == 1)).sum())
         reports.append(
             VersionReport(
                 version=version,
-                role=role.partition("|")[2],
+                role=role,
                 events=len(events),
                 threshold=thresholds[version],
                 alert_rate=float(alerting.mean()) if len(events) else float("nan"),
@@ -184,25 +185,21 @@ def compare_command(
         if unlabelled_negative:
             every = set().union(*champion.values(), *shadow.values())
             labels = {event: labels.get(event, 0) for event in every}
-    roles = {f"{version}|champion": by_event for version, by_event in champion.items()}
-    roles |= {f"{version}|challenger": by_event for version, by_event in shadow.items()}
-    merged = _merge_champions(roles)
-    thresholds = _thresholds(settings.models_dir, model, {r.partition("|")[0] for r in merged})
-    _table(report(merged, labels, thresholds))
+    versions = compared_pair(champion, shadow)
+    thresholds = _thresholds(settings.models_dir, model, {version for _, version, _ in versions})
+    _table(report(versions, labels, thresholds))
 
 
-def _merge_champions(roles: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+def compared_pair(
+    champion: dict[str, dict[str, float]], shadow: dict[str, dict[str, float]]
+) -> list[Scored]:
     """The challenger with the most shadow scores, and the champion version that scored most of
     the same events (after a swap or a promotion, other versions scored other events)."""
-    challengers = [role for role in roles if role.endswith("|challenger")]
-    challenger = max(challengers, key=lambda role: len(roles[role]))
-    events = set(roles[challenger])
-    champions = [
-        role
-        for role in roles
-        if role.endswith("|champion") and role.partition("|")[0] != challenger.partition("|")[0]
-    ]
-    if not champions:
-        return {challenger: roles[challenger]}
-    champion = max(champions, key=lambda role: len(events & set(roles[role])))
-    return {champion: roles[champion], challenger: roles[challenger]}
+    challenger = max(shadow, key=lambda version: len(shadow[version]))
+    events = set(shadow[challenger])
+    others = [version for version in champion if version != challenger]
+    pair: list[Scored] = []
+    if others:
+        best = max(others, key=lambda version: len(events & set(champion[version])))
+        pair.append(("champion", best, champion[best]))
+    return [*pair, ("challenger", challenger, shadow[challenger])]

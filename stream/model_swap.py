@@ -43,6 +43,7 @@ from riskstream.features.tabular import TabularSchema, is_tabular_card, schema_f
 from riskstream.scoring import (
     ModelError,
     challenger_version_dir,
+    check_model,
     load_model,
     served_version_dir,
 )
@@ -50,17 +51,11 @@ from riskstream.scoring import (
 log = logging.getLogger(__name__)
 
 
-def load_checked(models_dir: Path, name: str, version_dir: Path | None = None) -> Any:
-    """The version to serve of model `name` (or the one in `version_dir`), loaded and checked;
-    raises ModelError."""
-    from riskstream.worker import check_model
-
-    if version_dir is None:
-        model = load_model(models_dir, name)
-    else:
-        model = load_model(version_dir)
-        if model.name != name:
-            raise ModelError(f"{version_dir} holds model {model.name!r}, not {name!r}")
+def load_checked(name: str, version_dir: Path) -> Any:
+    """Version `version_dir` of model `name`, loaded and checked; raises ModelError."""
+    model = load_model(version_dir)
+    if model.name != name:
+        raise ModelError(f"{version_dir} holds model {model.name!r}, not {name!r}")
     check_model(model)
     return model
 
@@ -107,15 +102,11 @@ class ModelSwap:
         except ModelError as exc:
             self._refuse(name, "?", str(exc))
             return
-        if wanted.name == Path(scorer.scorer.path).name or (name, wanted.name) in self.refused:
+        if wanted.name == Path(scorer.scorer.path).name:
             return
-        loop = asyncio.get_running_loop()
-        try:
-            model = await loop.run_in_executor(None, load_checked, self.models_dir, name)
-        except ModelError as exc:
-            self._refuse(name, wanted.name, str(exc))
-            return
-        self._serve(name, model)
+        model = await self._load(name, wanted)
+        if model is not None:
+            self._serve(name, model)
 
     async def _check_challenger(self, name: str) -> None:
         scorer = self.scorers[name]
@@ -130,22 +121,29 @@ class ModelSwap:
         current = scorer.shadow
         if current is not None and Path(current.path).name == wanted.name:
             return
+        model = await self._load(name, wanted, champion=scorer.scorer)
+        if model is not None:
+            scorer.shadow = model
+            self.metrics.set_challenger(name, model.version)
+            log.info("model %s: version %s scores in shadow (challenger)", name, model.version)
+
+    async def _load(self, name: str, wanted: Path, champion: Any = None) -> Any | None:
+        """The version in `wanted`, loaded and checked off the event loop (with `champion`: it
+        must also take the champion's inputs); None when refused, now or before."""
         if (name, wanted.name) in self.refused:
-            return
+            return None
         loop = asyncio.get_running_loop()
         try:
-            model = await loop.run_in_executor(None, load_checked, self.models_dir, name, wanted)
-            if not same_inputs(scorer.scorer, model):
+            model = await loop.run_in_executor(None, load_checked, name, wanted)
+            if champion is not None and not same_inputs(champion, model):
                 raise ModelError(
                     f"{wanted}: its input schema differs from the champion's, so it cannot "
                     "score the champion's rows in shadow; promote it to serve it"
                 )
         except ModelError as exc:
             self._refuse(name, wanted.name, str(exc))
-            return
-        scorer.shadow = model
-        self.metrics.set_challenger(name, model.version)
-        log.info("model %s: version %s scores in shadow (challenger)", name, model.version)
+            return None
+        return model
 
     def _retire_challenger(self, name: str) -> None:
         scorer = self.scorers[name]

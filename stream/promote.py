@@ -27,7 +27,7 @@ def promote(models_dir: Path, name: str, version: str | None) -> str:
         newest = newest_version_dir(name_dir)
         pin.unlink(missing_ok=True)
         try:
-            load_checked(models_dir, name, newest)
+            load_checked(name, newest)
         except ModelError as exc:
             return (
                 f"{name}: unpinned, but the newest version, {newest.name}, fails its checks "
@@ -37,7 +37,7 @@ def promote(models_dir: Path, name: str, version: str | None) -> str:
     version_dir = name_dir / version
     if not version_dir.is_dir():
         raise ModelError(f"no version {version} under {name_dir}")
-    model = load_checked(models_dir, name, version_dir)
+    model = load_checked(name, version_dir)
     staging = name_dir / f".{PIN_FILE}.tmp"
     staging.write_text(version + "\n", encoding="utf-8")
     os.replace(staging, pin)

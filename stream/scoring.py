@@ -151,6 +151,39 @@ def tabular_model_names(models_dir: Path) -> list[str]:
     return found
 
 
+def check_model(model: Model) -> None:
+    """Before serving a model, at start (riskstream.worker) or in a swap (riskstream.model_swap)."""
+    check_model_scores(model)
+    check_card_samples(model)
+
+
+def check_model_scores(model: Model) -> None:
+    """Score one typical row (the training means) before serving: a graph that loads can still
+    return NaN or the wrong shape, and would then fail every micro-batch instead of refusing to
+    start."""
+    hint = (TABULAR_RETRAIN_HINT if is_tabular_card(model.card) else RETRAIN_HINT).format(
+        name=model.name
+    )
+    typical = np.asarray([model.card["feature_means"]], dtype=np.float32)
+    try:
+        scores = model.score(typical)
+    except Exception as exc:  # onnxruntime raises its own types for graphs that fail to run
+        raise ModelError(
+            f"{model.path}: scoring one typical row failed ({type(exc).__name__}: "
+            f"{str(exc).strip()[:300]}): the ONNX graph is broken; {hint}"
+        ) from exc
+    top, what = (
+        (math.inf, "expected frequency >= 0")
+        if is_count_model(model)
+        else (1.0, "probability in [0, 1]")
+    )
+    if scores.shape != (1,) or not 0.0 <= float(scores[0]) <= top:  # NaN fails the range test
+        raise ModelError(
+            f"{model.path}: scoring one typical row returned {scores.tolist()!r}, not one "
+            f"{what}: the ONNX graph is broken or is not a riskstream model; {hint}"
+        )
+
+
 SAMPLE_TOLERANCE = 1e-5
 
 

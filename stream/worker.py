@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import sys
 from collections.abc import Collection
 from pathlib import Path
@@ -32,21 +31,13 @@ PROGRESS_REPORT_SECONDS = 5.0
 
 def load_models(settings: Settings) -> dict[str, Any]:
     """The newest version of every configured model; ModelError says what is wrong."""
-    from riskstream.scoring import load_model
+    from riskstream.scoring import check_model, load_model
 
     names = list(dict.fromkeys([*settings.worker.models, *_tabular_names(settings)]))
     models = {name: load_model(settings.models_dir, name) for name in names}
     for model in models.values():
         check_model(model)
     return models
-
-
-def check_model(model: Any) -> None:
-    """Before serving a model, at start or in a swap (riskstream.model_swap)."""
-    from riskstream.scoring import check_card_samples
-
-    check_model_scores(model)
-    check_card_samples(model)
 
 
 def _tabular_names(settings: Settings) -> list[str]:
@@ -56,36 +47,6 @@ def _tabular_names(settings: Settings) -> list[str]:
 
     chosen = settings.worker.tabular_models
     return tabular_model_names(settings.models_dir) if chosen == ("*",) else list(chosen)
-
-
-def check_model_scores(model: Any) -> None:
-    """Score one typical row (the training means) before serving: a graph that loads can still
-    return NaN or the wrong shape, and would then fail every micro-batch instead of refusing to
-    start."""
-    import numpy as np
-
-    from riskstream.scoring import RETRAIN_HINT, TABULAR_RETRAIN_HINT, ModelError, is_count_model
-
-    tabular = model.card.get("kind") == "tabular"
-    hint = (TABULAR_RETRAIN_HINT if tabular else RETRAIN_HINT).format(name=model.name)
-    typical = np.asarray([model.card["feature_means"]], dtype=np.float32)
-    try:
-        scores = model.score(typical)
-    except Exception as exc:  # onnxruntime raises its own types for graphs that fail to run
-        raise ModelError(
-            f"{model.path}: scoring one typical row failed ({type(exc).__name__}: "
-            f"{str(exc).strip()[:300]}): the ONNX graph is broken; {hint}"
-        ) from exc
-    top, what = (
-        (math.inf, "expected frequency >= 0")
-        if is_count_model(model)
-        else (1.0, "probability in [0, 1]")
-    )
-    if scores.shape != (1,) or not 0.0 <= float(scores[0]) <= top:  # NaN fails the range test
-        raise ModelError(
-            f"{model.path}: scoring one typical row returned {scores.tolist()!r}, not one "
-            f"{what}: the ONNX graph is broken or is not a riskstream model; {hint}"
-        )
 
 
 def input_topics(settings: Settings, models: Collection[str]) -> dict[str, int]:

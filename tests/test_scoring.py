@@ -241,7 +241,7 @@ def test_the_shipped_tabular_model_is_found_and_loaded_by_name() -> None:
 def test_a_count_models_typical_score_may_pass_one_a_probabilitys_may_not() -> None:
     from types import SimpleNamespace
 
-    from riskstream.worker import check_model_scores
+    from riskstream.scoring import check_model_scores
 
     def model(task: str, score: float) -> Any:
         card = {"kind": "tabular", "task": task, "feature_means": [0.0]}
