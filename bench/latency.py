@@ -7,9 +7,8 @@ Two clocks, both ending at the score:
     stamps the Kafka message timestamp) to the score record's arrival in this process's
     consumer (fetch wait 5 ms): what a downstream consumer sees, producer linger included;
   - stamped: from the event's Kafka timestamp to the score record's Kafka timestamp, which the
-    worker's producer stamps when it sends the score (both in milliseconds), split at the
-    timestamp stage 1 put on the event's record on the internal by-terminal topic: hop 1 is
-    transactions -> stage 1 done, hop 2 is stage 1 done -> score sent.
+    worker's producer stamps when it sends the score (both in milliseconds): the worker's part,
+    without the score's own way to a consumer.
 The first second of every rate is warm-up and left out.
 """
 
@@ -23,10 +22,9 @@ from pathlib import Path
 import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from common import PARTITIONS, BenchTopics, WorkerProcess, read_topic, short_id
+from common import PARTITIONS, BenchTopics, WorkerProcess, short_id
 from dataset import Dataset
 
-from riskstream import pipeline
 from riskstream.config import KafkaSettings
 from riskstream.fetch_wait import AdaptiveFetchWait
 from riskstream.kafka import ensure_topics
@@ -52,8 +50,6 @@ class LatencyResult:
     missing: int  # sent but never scored within the drain timeout
     arrival_ms: tuple[float, float, float]  # p50, p99, max
     stamped_ms: tuple[float, float, float]
-    hop1_ms: tuple[float, float, float]
-    hop2_ms: tuple[float, float, float]
 
 
 def _quantiles(values: np.ndarray) -> tuple[float, float, float]:
@@ -77,7 +73,6 @@ class _Run:
     sent_ms: dict[str, int] = dataclasses.field(default_factory=dict)
     arrived_at: dict[str, float] = dataclasses.field(default_factory=dict)
     scored_ms: dict[str, int] = dataclasses.field(default_factory=dict)
-    forwarded_ms: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 async def _consume_scores(consumer: AIOKafkaConsumer, run: _Run, stop: asyncio.Event) -> None:
@@ -173,9 +168,6 @@ def _result(rate: float, achieved: float, run: _Run) -> LatencyResult:
     scored = [e for e in measured if e in run.arrived_at]
     arrival = np.array([(run.arrived_at[e] - run.sent_at[e]) * 1000.0 for e in scored])
     stamped = np.array([float(run.scored_ms[e] - run.sent_ms[e]) for e in scored])
-    hopped = [e for e in scored if e in run.forwarded_ms]
-    hop1 = np.array([float(run.forwarded_ms[e] - run.sent_ms[e]) for e in hopped])
-    hop2 = np.array([float(run.scored_ms[e] - run.forwarded_ms[e]) for e in hopped])
     return LatencyResult(
         rate=rate,
         achieved_rate=achieved,
@@ -183,19 +175,7 @@ def _result(rate: float, achieved: float, run: _Run) -> LatencyResult:
         missing=len(measured) - len(scored),
         arrival_ms=_quantiles(arrival),
         stamped_ms=_quantiles(stamped),
-        hop1_ms=_quantiles(hop1),
-        hop2_ms=_quantiles(hop2),
     )
-
-
-def _forwarded_stamps(bootstrap: str, topics: BenchTopics) -> dict[str, int]:
-    """When stage 1 forwarded each transaction (its record's Kafka timestamp)."""
-    stamps: dict[str, int] = {}
-    for record in read_topic(bootstrap, topics.by_terminal):
-        message = pipeline.decode_forwarded(record.value)
-        if isinstance(message, pipeline.ForwardedTransaction):
-            stamps.setdefault(message.transaction_id, record.timestamp_ms)
-    return stamps
 
 
 def run_latency(
@@ -224,12 +204,7 @@ def run_latency(
         runs = asyncio.run(_measure(bootstrap, topics, batches))
     finally:
         worker.stop()
-    forwarded = _forwarded_stamps(bootstrap, topics)
-    results = []
-    for rate, achieved, run in runs:
-        run.forwarded_ms = forwarded
-        results.append(_result(rate, achieved, run))
-    return results
+    return [_result(rate, achieved, run) for rate, achieved, run in runs]
 
 
 def _wait_ready(worker: WorkerProcess, timeout: float = 90.0) -> None:

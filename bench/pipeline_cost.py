@@ -1,10 +1,11 @@
 """The product's own per-event code alone, without Kafka or Faust: the floor of the worker's cost.
 
-The same functions the agents call, on the same events, with plain dicts as tables:
+The same functions the batch handlers call, on the same events, with plain dicts as tables:
 stage 1 (`ingest_transaction`: decode, validate, customer state in and out of bytes,
-features), the hop (msgpack encode and decode of the forwarded transaction), stage 2
-(`terminal_stage`), and the micro-batch (one ONNX call per 512 events, score records built
-and encoded). CPU time per event, best of three passes over fresh tables.
+features), the terminal history (msgpack encode of the forward, and the terminal replica's
+decode and store: riskstream.terminal_replica), the terminal features and full vector
+(`TerminalReplica.score`), and the micro-batch (one ONNX call per 512 events, score records
+built and encoded). CPU time per event, best of three passes over fresh tables.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataset import Dataset
 from riskstream import contracts, pipeline
 from riskstream.demo import BUNDLED_MODELS
 from riskstream.scoring import Model, load_model
+from riskstream.terminal_replica import TerminalReplica
+from riskstream.watermarks import CAUGHT_UP
 
 BATCH = 512
 
@@ -27,25 +30,29 @@ BATCH = 512
 class PipelineCost:
     events: int
     stage1_us: float
-    hop_us: float
-    stage2_us: float
+    history_us: float
+    features_us: float
     batch_us: float
 
     @property
     def total_us(self) -> float:
-        return self.stage1_us + self.hop_us + self.stage2_us + self.batch_us
+        return self.stage1_us + self.history_us + self.features_us + self.batch_us
 
 
 def _one_pass(messages: list[tuple[bytes, bytes]], model: Model) -> tuple[float, ...]:
     customers: dict[bytes, bytes] = {}
-    terminals: dict[bytes, bytes] = {}
+    replica: TerminalReplica[None] = TerminalReplica(1, [("transactions", 0)])
+    replica.apply(
+        0, pipeline.encode_forwarded(pipeline.ForwardedWatermark("transactions", 0, CAUGHT_UP))
+    )
     clock = time.process_time
     t0 = clock()
     forwarded = [pipeline.ingest_transaction(value, key, 0, customers) for key, value in messages]
     t1 = clock()
-    hopped = [pipeline.decode_forwarded(pipeline.encode_forwarded(f)) for f in forwarded]
+    for message in forwarded:
+        replica.apply(0, pipeline.encode_forwarded(message))
     t2 = clock()
-    pending = [pipeline.terminal_stage(message, terminals) for message in hopped]
+    pending = [replica.score(message) for message in forwarded]
     t3 = clock()
     for start in range(0, len(pending), BATCH):
         items = pending[start : start + BATCH]

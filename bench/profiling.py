@@ -54,6 +54,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     (OURS_FEATURES, "stream/features/", ""),
     (OURS_FEATURES, "stream/pipeline.py", ""),
     (OURS_FEATURES, "stream/contracts.py", ""),
+    (OURS_FEATURES, "stream/terminal_replica.py", ""),
     (OURS_SCORING, "stream/batching.py", ""),
     (OURS_SCORING, "stream/scoring.py", ""),
     (OURS_SCORING, "stream/alerts.py", ""),
@@ -177,28 +178,30 @@ class ProfileSummary:
 # a sample counts for an activity when one of its functions is on the sample's stack, or
 # (second element) a frame of one of its files. Rows overlap: they are not meant to add up.
 # Function names are py-spy's qualified names (Python 3.11+: `Class.method`, `f.<locals>.g`).
-CUSTOMER_STAGE = "FraudHop.customer_stage_handler.<locals>.customer_stage"
-TERMINAL_STAGE = "FraudHop.terminal_stage_handler.<locals>.terminal_stage"
+CUSTOMER_STAGE = "FraudStage.customer_stage_handler.<locals>.customer_stage"
+HISTORY_READER = "HistoryReader._read"
 CUSTOMER_WRITE = "  its customer-table writes + changelog records (TableWrites)"
-TERMINAL_WRITE = "  its terminal-table writes + changelog records (TableWrites)"
 ACTIVITIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "stage 1 batch handler (FraudHop: customer_stage)": ((CUSTOMER_STAGE,), ()),
+    "stage 1 batch handler (FraudStage: customer_stage)": ((CUSTOMER_STAGE,), ()),
     "  its per-event step (ingest_transaction)": (("ingest_transaction",), ()),
     CUSTOMER_WRITE: ((), ()),
-    "  its forwards to the by-terminal topic (FraudHop.forward)": (("FraudHop.forward",), ()),
-    "stage 2 batch handler (FraudHop: terminal_stage)": ((TERMINAL_STAGE,), ()),
-    "  its per-event step, hold queue included (TerminalBatch.take)": (
-        ("TerminalBatch.take",),
+    "  its forwards to the history topic (FraudStage.forward)": (("FraudStage.forward",), ()),
+    "  its terminal features from the replica (TerminalReplica.score)": (
+        ("TerminalReplica.score",),
         (),
     ),
-    "    of which the terminal step (terminal_stage)": (("terminal_stage",), ()),
-    TERMINAL_WRITE: ((), ()),
     "  its scoring: ONNX, score records, alerts (BatchScorer.score_into)": (
         ("BatchScorer.score_into",),
         (),
     ),
-    "labels batch handler (FraudHop: label_forwarder)": (
-        ("FraudHop.label_handler.<locals>.label_forwarder",),
+    "terminal history read into the replica (HistoryReader._read)": ((HISTORY_READER,), ()),
+    "  of which storing forwards (TerminalReplica.apply)": (("TerminalReplica.apply",), ()),
+    "  of which held transactions scored (FraudStage.release)": (
+        ("FraudStage.release",),
+        (),
+    ),
+    "labels batch handler (FraudStage: label_forwarder)": (
+        ("FraudStage.label_handler.<locals>.label_forwarder",),
         (),
     ),
     "dead letters (Stages.dead_letter)": (("Stages.dead_letter",), ()),
@@ -264,13 +267,10 @@ def _activities(frames: list[Frame]) -> set[str]:
         if functions.intersection(wanted_functions)
         or any(file.startswith(wanted_files) for file in files if wanted_files)
     }
-    # A table write or changelog record is the customer's or the terminal's by the handler
-    # it runs under.
-    if functions.intersection(("TableWrites.__setitem__", "TableWrites.send_changes")):
-        if CUSTOMER_STAGE in functions:
-            found.add(CUSTOMER_WRITE)
-        if TERMINAL_STAGE in functions:
-            found.add(TERMINAL_WRITE)
+    # A table write or changelog record is the customer's by the handler it runs under.
+    writes = ("TableWrites.__setitem__", "TableWrites.send_changes")
+    if functions.intersection(writes) and CUSTOMER_STAGE in functions:
+        found.add(CUSTOMER_WRITE)
     return found
 
 

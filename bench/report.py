@@ -100,10 +100,10 @@ def _throughput_table(results: dict) -> Table:
             _spread(runs, lambda r: r.start_to_first_event).text(".1f"),
         )
     pipeline = results["pipeline"]
-    total = sum(pipeline[k] for k in ("stage1_us", "hop_us", "stage2_us", "batch_us"))
+    total = sum(pipeline[k] for k in ("stage1_us", "history_us", "features_us", "batch_us"))
     parts = (
-        f"stage 1 {pipeline['stage1_us']:.0f} + hop {pipeline['hop_us']:.0f} + stage 2 "
-        f"{pipeline['stage2_us']:.0f} + batch {pipeline['batch_us']:.0f} µs"
+        f"stage 1 {pipeline['stage1_us']:.0f} + terminal history {pipeline['history_us']:.0f}"
+        f" + terminal features {pipeline['features_us']:.0f} + batch {pipeline['batch_us']:.0f} µs"
     )
     table.add_row(
         "riskstream per-event code alone (no Kafka, no Faust)",
@@ -199,9 +199,7 @@ def _latency_table(results: dict) -> Table:
         "events",
         "unscored",
         "send → score arrives",
-        "Kafka stamps: event → score",
-        "hop 1: → stage 1 done",
-        "hop 2: stage 1 → score",
+        "Kafka stamps: event → score sent",
     )
     for column in columns:
         table.add_column(column, justify="right")
@@ -211,7 +209,7 @@ def _latency_table(results: dict) -> Table:
             f"{r.achieved_rate:,.0f}",
             f"{r.events:,}",
             f"{r.missing:,}",
-            *(_ms(q) for q in (r.arrival_ms, r.stamped_ms, r.hop1_ms, r.hop2_ms)),
+            *(_ms(q) for q in (r.arrival_ms, r.stamped_ms)),
         )
     table.caption = "p50 / p99 / max, milliseconds"
     return table

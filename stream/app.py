@@ -2,10 +2,16 @@
 
 Topology (see riskstream.pipeline for the per-event work):
 
-    transactions ─► fraud_customer_stage ─► <app>-fraud-by-terminal ─► fraud_terminal_stage ─┐
-    risk.labels  ─► label_forwarder ─────────────────┘  (+ watermarks)   (holds until due)   │
-    market.indicators ─► market_stage ───────────────────────────────────────────────────────┤
-                          micro-batches ─► onnxruntime ─► risk.scores, risk.alerts ◄──────────┘
+    transactions ──► fraud_customer_stage ──► score now, or hold until due ──────────────┐
+                          │ forwards          ▲ terminal features                         │
+    risk.labels ───► label_forwarder          │                                           │
+                          │ forwards          │                                           │
+                          ▼                   │                                           │
+                  <app>-fraud-by-terminal ──► terminal replica (every worker reads all)   │
+                    (+ watermarks)                                                        │
+    market.indicators ─► market_stage ───────────────────────────────────────────────────┤
+    risk.requests ─────► request_stage ──────────────────────────────────────────────────┤
+                          micro-batches ─► onnxruntime ─► risk.scores, risk.alerts ◄──────┘
     any bad message ──► risk.dlq (with a stable error code and its original bytes)
 
 Each source topic is consumed a partition batch at a time (riskstream.batch_hook): a handler
@@ -13,7 +19,9 @@ runs the per-event steps over the batch, writes state through riskstream.table_w
 changelog record per changed key, in the changelog partition of the input partition, so a
 restarted or rebalanced worker recovers the state), scores what is ready in one inference call
 (riskstream.batching) and sends every output through one outbox (riskstream.outbox); the
-batch's offsets are acknowledged once the broker acknowledged all of it.
+batch's offsets are acknowledged once the broker acknowledged all of it. The terminal side is
+no table: every worker rebuilds all of it from the history topic (riskstream.terminal_replica),
+and a transaction held for the watermarks is acknowledged once its score is delivered.
 
 A broker that comes back without the worker's topics (a memory-only broker restarted, topics
 deleted) has lost the changelogs and committed offsets the worker relies on, and some brokers
@@ -50,7 +58,8 @@ from riskstream.label_join import LabelJoin
 from riskstream.model_swap import ModelSwap
 from riskstream.outbox import Outbox, Publisher
 from riskstream.table_writes import TableWrites
-from riskstream.watermarks import CAUGHT_UP, UNKNOWN, HoldQueue, SourceClocks
+from riskstream.terminal_replica import TerminalReplica
+from riskstream.watermarks import CAUGHT_UP, UNKNOWN, SourceClocks
 
 log = logging.getLogger("riskstream.worker")
 
@@ -310,6 +319,7 @@ def internal_topics(app: faust.App) -> dict[str, int]:
         channel = agent.channel
         if getattr(channel, "internal", False):
             found.update({name: channel.partitions or default for name in channel.topics})
+    found.update(getattr(app, "riskstream_internal_topics", None) or {})
     return found
 
 
@@ -418,6 +428,7 @@ def build_app(
     progress = Progress()
     app.riskstream_progress = progress  # type: ignore[attr-defined]
     app.batch_handlers = {}
+    app.riskstream_internal_topics = {}
     stages = Stages(app, settings, metrics, progress)
     if "fraud" in models:
         _wire_fraud(stages, models["fraud"], partitions)
@@ -495,76 +506,93 @@ def _consume_in_batches(app: RiskstreamApp, topic: Any, name: str, handler: Batc
 
 
 def _wire_fraud(stages: Stages, model: Any, partitions: dict[str, int]) -> None:
-    """Two stages joined by event-time watermarks (see riskstream.watermarks)."""
+    """Stage 1 scores; every worker's terminal replica reads the history topic stage 1 writes
+    (riskstream.terminal_replica), joined by event-time watermarks (riskstream.watermarks)."""
     app, settings = stages.app, stages.settings
     topics = settings.topics
     n_transactions = partitions.get(topics.transactions, settings.worker.partitions)
     n_labels = partitions.get(topics.labels, settings.worker.partitions)
     transactions = app.topic(topics.transactions, partitions=n_transactions, **RAW)
     labels = app.topic(topics.labels, partitions=n_labels, **RAW)
-    by_terminal = app.topic(
-        f"{settings.worker.app_id}-fraud-by-terminal",
-        partitions=n_transactions,
-        internal=True,
-        **RAW,
+    history_topic = f"{settings.worker.app_id}-fraud-by-terminal"
+    assert app.riskstream_internal_topics is not None
+    app.riskstream_internal_topics[history_topic] = n_transactions
+    sources = [(topics.transactions, p) for p in range(n_transactions)] + [
+        (topics.labels, p) for p in range(n_labels)
+    ]
+    join = LabelJoin(
+        stages.metrics.label_outcome,
+        settings.worker.label_window_days * 86_400.0,
+        settle_unscored_labels=False,
     )
-    hop = FraudHop(
-        stages,
-        by_terminal.get_topic_name(),
-        n_transactions,
-        sources=[(topics.transactions, p) for p in range(n_transactions)]
-        + [(topics.labels, p) for p in range(n_labels)],
+    replica: TerminalReplica[Held] = TerminalReplica(
+        n_transactions, sources, on_label=join.labelled_from
     )
-    customers = app.Table("customers", partitions=n_transactions, **RAW_TABLE)
-    terminals = app.Table("terminals", partitions=n_transactions, **RAW_TABLE)
-    source_topics = {transactions.get_topic_name(), labels.get_topic_name()}
-    stages.progress.sources.update({*source_topics, hop.topic})
-    _consume_in_batches(
-        app, transactions, "fraud-customer-stage", hop.customer_stage_handler(customers)
-    )
-    _consume_in_batches(app, labels, "label-forwarder", hop.label_handler())
     scorer = stages.scorer(model, topics.transactions)
+    fraud = FraudStage(stages, history_topic, n_transactions, replica, scorer, join)
+    customers = app.Table("customers", partitions=n_transactions, **RAW_TABLE)
+    source_topics = {transactions.get_topic_name(), labels.get_topic_name()}
+    stages.progress.sources.update(source_topics)
     _consume_in_batches(
-        app, by_terminal, "fraud-terminal-stage", hop.terminal_stage_handler(terminals, scorer)
+        app, transactions, "fraud-customer-stage", fraud.customer_stage_handler(customers)
     )
+    _consume_in_batches(app, labels, "label-forwarder", fraud.label_handler())
+    reader = HistoryReader(stages, history_topic, n_transactions, fraud)
+
+    @app.task
+    async def read_terminal_history() -> None:
+        await reader.run()
 
     @app.timer(interval=max(settings.worker.watermark_interval_ms / 1000.0, 0.01))
     async def report_watermarks() -> None:
-        await hop.report_watermarks(source_topics)
+        await fraud.report_watermarks(source_topics)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: faust.App, revoked: Any, **kwargs: Any) -> None:
         """Held transactions of a partition that moves are not acked: its new owner reads
         them again from the last commit, with the watermarks that follow them. A source
         partition's clock starts anew with its next reader."""
-        hop.forget(revoked)
+        fraud.forget(revoked)
 
 
-Held = tuple[Any, pipeline.ForwardedTransaction]  # (the record that brought it, the transaction)
+# (the source partition, its reading epoch, the record that brought it, the transaction)
+Held = tuple[Any, int, Any, pipeline.ForwardedTransaction]
+PROCESS = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"  # signs its reports
 
 
-class FraudHop:
-    """The fraud topology's two stages and the watermarks between them, a batch at a time."""
+class FraudStage:
+    """Transactions and labels in, forwarded to the history topic with watermarks; each
+    transaction scored from the terminal replica as soon as the watermarks allow."""
 
     def __init__(
-        self, stages: Stages, topic: str, partitions: int, sources: list[tuple[str, int]]
+        self,
+        stages: Stages,
+        topic: str,
+        partitions: int,
+        replica: TerminalReplica[Held],
+        scorer: BatchScorer,
+        join: LabelJoin,
     ) -> None:
         self.stages = stages
-        self.topic = topic  # the terminal-keyed hop between the stages
+        self.topic = topic  # the terminal-keyed history topic
         self.partitions = partitions
-        self.sources = sources
+        self.replica = replica
+        self.scorer = scorer
+        self.join = join
         self.clocks = SourceClocks(refresh_seconds=2.0)
-        self.queues: dict[int, HoldQueue[Held]] = {}
-        self.joins: dict[int, LabelJoin] = {}  # alerts awaiting their label, per partition
+        self.epochs: dict[tuple[str, int], int] = {}  # source partition -> times revoked
         self.delay = float(fraud_features.LABEL_DELAY_SECONDS)
 
     def customer_stage_handler(self, customers: Any) -> BatchHandler:
         stages, metrics = self.stages, self.stages.metrics
 
         async def customer_stage(tp: Any, records: list[Any]) -> None:
-            """Stage 1: customer state and features, forwarded keyed by terminal."""
+            """Customer state and features, forwarded keyed by terminal; scored now, or held
+            until every source passed t - delay."""
             outbox, state = stages.outbox(), TableWrites(customers, tp.partition)
+            batch = ScoreBatch(self, outbox)
             times: list[float | None] = []
+            epoch = self.epochs.get((tp.topic, tp.partition), 0)
             for record in records:
                 ok, forwarded = stages.run_step(
                     outbox,
@@ -577,10 +605,19 @@ class FraudHop:
                 )
                 if ok:
                     self.forward(outbox, forwarded)
+                    if self.replica.ready(forwarded):
+                        batch.score(record, forwarded)
+                    else:
+                        self.replica.hold(forwarded, (tp, epoch, record, forwarded))
+                        batch.held.add(record.offset)
                 times.append(forwarded.timestamp if ok else None)
             state.send_changes(outbox)
-            await self._forwarded(tp, records, times, outbox)
+            observe = batch.score_all()
+            offsets = [record.offset for record in records]
+            acked = [offset for offset in offsets if offset not in batch.held]
+            await self._forwarded(tp, offsets, acked, times, outbox, observe)
             metrics.count_events(tp.topic, "forwarded", sum(t is not None for t in times))
+            self._set_held()
 
         return customer_stage
 
@@ -598,7 +635,8 @@ class FraudHop:
                 if ok:
                     self.forward(outbox, label)
                 times.append(label.label_timestamp - self.delay if ok else None)
-            await self._forwarded(tp, records, times, outbox)
+            offsets = [record.offset for record in records]
+            await self._forwarded(tp, offsets, offsets, times, outbox)
             metrics.count_events(tp.topic, "label", sum(t is not None for t in times))
             # Live labels are rare: say at once that nothing older follows, or every
             # transaction after a label would wait for the next periodic report.
@@ -613,55 +651,63 @@ class FraudHop:
         outbox.add(self.topic, key, pipeline.encode_forwarded(message))
 
     async def _forwarded(
-        self, tp: Any, records: list[Any], times: list[float | None], outbox: Outbox
+        self,
+        tp: Any,
+        offsets: list[int],
+        acked: list[int],
+        times: list[float | None],
+        outbox: Outbox,
+        then: Callable[[], None] | None = None,
     ) -> None:
         """Publish stage 1's batch, then move the source's clock: a watermark report may only
-        follow the forwards it covers (riskstream.watermarks)."""
-        offsets = [record.offset for record in records]
+        follow the forwards it covers (riskstream.watermarks). `acked`: the offsets whose
+        outputs are all in the batch (a held transaction's offset waits for its score)."""
         source = (tp.topic, tp.partition)
         if not self.clocks.announced(source):  # before this reader's first forward
-            await self.report(source, UNKNOWN)
-        await self.stages.publish(tp, offsets, outbox)
+            await self.announce(source)
+        await self.stages.publish(tp, acked, outbox, then)
         forwarded = [event_time for event_time in times if event_time is not None]
         newest = max(forwarded) if forwarded else None  # the clock keeps the newest anyway
         self.clocks.processed(source, offsets[-1], newest)
         self.stages.progress.saw(tp.topic, tp.partition, offsets[-1])
 
-    def terminal_stage_handler(self, terminals: Any, scorer: BatchScorer) -> BatchHandler:
-        stages = self.stages
+    async def release(self) -> None:
+        """Score what the replica's newest reports released; each source partition's offsets
+        are acknowledged once the scores are delivered."""
+        released = self.replica.release()
+        if not released:
+            return
+        outbox = self.stages.outbox()
+        batch = ScoreBatch(self, outbox)
+        offsets: dict[Any, list[int]] = {}
+        for tp, epoch, record, transaction in released:
+            if self.epochs.get((tp.topic, tp.partition), 0) != epoch:
+                continue  # the partition moved since: its next reader scores it
+            batch.score(record, transaction)
+            offsets.setdefault(tp, []).append(record.offset)
+        observe = batch.score_all()
+        deliveries = await outbox.send()
+        for tp, done in offsets.items():
+            ack_when_delivered(self.stages.app.consumer, tp, done, deliveries, observe)
+            observe = None
+        self._set_held()
 
-        async def terminal_stage(tp: Any, records: list[Any]) -> None:
-            """Stage 2: terminal state, the full vector once every source passed t - delay."""
-            outbox, state = stages.outbox(), TableWrites(terminals, tp.partition)
-            queue = self.queues.get(tp.partition)
-            if queue is None:
-                queue = self.queues[tp.partition] = HoldQueue(self.sources, self.delay)
-            join = self._join(tp.partition)
-            batch = TerminalBatch(stages, outbox, state, queue, join, scorer)
-            for record in records:
-                batch.take(record)
-            stages.metrics.set_held(sum(len(q) for q in self.queues.values()))
-            state.send_changes(outbox)
-            alerted: list[Any] = []
-            observe = scorer.score_into(batch.ready, outbox, alerted) if batch.ready else None
-            batch.join_alerts(alerted)
-            awaiting = sum(j.awaiting for j in self.joins.values())
-            stages.metrics.set_awaiting_label(scorer.scorer.name, awaiting)
-            stages.progress.saw(tp.topic, tp.partition, records[-1].offset)
-            await stages.publish(tp, batch.done, outbox, observe)
+    def _set_held(self) -> None:
+        self.stages.metrics.set_held(len(self.replica.holds))
 
-        return terminal_stage
+    def _reader(self, source: tuple[str, int]) -> str:
+        """This reading of the source partition, as its reports name it."""
+        return f"{PROCESS}#{self.epochs.get(source, 0)}"
 
-    def _join(self, partition: int) -> LabelJoin:
-        join = self.joins.get(partition)
-        if join is None:
-            window = self.stages.settings.worker.label_window_days * 86_400.0
-            join = self.joins[partition] = LabelJoin(self.stages.metrics.label_outcome, window)
-        return join
+    async def announce(self, source: tuple[str, int]) -> None:
+        """Before this reader's first forward: its predecessor's reports no longer count."""
+        self.replica.own(source, self._reader(source))
+        await self.report(source, UNKNOWN)
 
     async def report(self, source: tuple[str, int], value: float) -> None:
-        """To every stage-2 partition, after the forwards it covers (same producer)."""
-        mark = pipeline.encode_forwarded(pipeline.ForwardedWatermark(*source, value))
+        """To every history partition, after the forwards it covers (same producer)."""
+        report = pipeline.ForwardedWatermark(*source, value, self._reader(source))
+        mark = pipeline.encode_forwarded(report)
         producer = self.stages.app.producer
         for partition in range(self.partitions):  # a lost report is harmless: the next wins
             delivery = await producer.send(self.topic, None, mark, partition, None, None)
@@ -679,82 +725,108 @@ class FraudHop:
             if self.clocks.needs_start(source):
                 self.clocks.started_at(source, await _start_offset(app, tp))
             value = self.clocks.value(source, app.consumer.highwater(tp))
+            if not self.clocks.announced(source):
+                await self.announce(source)
             if self.clocks.should_send(source, value, time.monotonic()):
                 await self.report(source, value)
 
     def forget(self, revoked: Any) -> None:
-        self.clocks.forget((tp.topic, tp.partition) for tp in revoked)
-        for tp in revoked:
-            if tp.topic == self.topic:
-                self.queues.pop(tp.partition, None)
-                self.joins.pop(tp.partition, None)
-        self.stages.metrics.set_held(sum(len(q) for q in self.queues.values()))
+        sources = [(tp.topic, tp.partition) for tp in revoked]
+        self.clocks.forget(sources)
+        self.replica.disown(sources)
+        for source in sources:
+            self.epochs[source] = self.epochs.get(source, 0) + 1
 
 
-class TerminalBatch:
-    """One stage-2 batch: which transactions are ready to score, which offsets are done."""
+class ScoreBatch:
+    """Transactions scored together: one inference call, their alerts joined to labels."""
 
-    def __init__(
-        self,
-        stages: Stages,
-        outbox: Outbox,
-        state: TableWrites,
-        queue: HoldQueue[Held],
-        join: LabelJoin,
-        scorer: BatchScorer,
-    ) -> None:
-        self.stages, self.outbox, self.state, self.queue = stages, outbox, state, queue
-        self.join, self.scorer = join, scorer
+    def __init__(self, fraud: FraudStage, outbox: Outbox) -> None:
+        self.fraud, self.outbox = fraud, outbox
         self.ready: list[pipeline.PendingScore] = []
         self.times: dict[str, float] = {}  # event time of each transaction in `ready`
-        self.done: list[int] = []  # offsets whose outputs are in this batch's outbox
-
-    def take(self, record: Any) -> None:
-        ok, message = self.stages.run_step(
-            self.outbox, record, pipeline.decode_forwarded, record.value
-        )
-        if ok and isinstance(message, pipeline.ForwardedTransaction):
-            late = message.too_late
-            if self.queue.ready(message.timestamp, message.terminal_id if late else None):
-                self.score(record, message)
-            else:
-                self.queue.hold(
-                    message.timestamp, (record, message), message.terminal_id, behind_group=late
-                )
-            return
-        if ok and isinstance(message, pipeline.ForwardedWatermark):
-            self.queue.mark((message.topic, message.partition), message.time)
-            for held_record, transaction in self.queue.release():
-                self.score(held_record, transaction)
-        elif ok:
-            applied, _ = self.stages.run_step(
-                self.outbox, record, pipeline.terminal_stage, message, self.state
-            )
-            if applied and isinstance(message, pipeline.ForwardedLabel):
-                self.join.labelled(
-                    message.transaction_id, message.transaction_timestamp, message.fraud
-                )
-        self.done.append(record.offset)
+        self.held: set[int] = set()  # offsets of this batch held for the watermarks
 
     def score(self, record: Any, transaction: pipeline.ForwardedTransaction) -> None:
-        ok, pending = self.stages.run_step(
-            self.outbox, record, pipeline.terminal_stage, transaction, self.state
+        ok, pending = self.fraud.stages.run_step(
+            self.outbox, record, self.fraud.replica.score, transaction
         )
-        if ok and pending is not None:
+        if ok:
             self.ready.append(pending)
             self.times[pending.event_id] = transaction.timestamp
-        self.done.append(record.offset)
 
-    def join_alerts(self, alerted: list[Any]) -> None:
+    def score_all(self) -> Callable[[], None] | None:
+        if not self.ready:
+            return None
+        alerted: list[Any] = []
+        observe = self.fraud.scorer.score_into(self.ready, self.outbox, alerted)
+        self._join_alerts(alerted)
+        return observe
+
+    def _join_alerts(self, alerted: list[Any]) -> None:
         """The batch's scores meet their labels (riskstream.label_join); the batch's newest
         event time settles what waited longer than the label window."""
-        if not self.times:
-            return
+        join, model = self.fraud.join, self.fraud.scorer.scorer
         alerts = {record.event_id for record in alerted}
-        model = self.scorer.scorer
         for event_id, event_time in self.times.items():
-            self.join.scored(event_id, event_time, model.name, model.version, event_id in alerts)
-        self.join.scored_up_to(max(self.times.values()), model.name, model.version)
+            join.scored(event_id, event_time, model.name, model.version, event_id in alerts)
+        join.scored_up_to(max(self.times.values()), model.name, model.version)
+        self.fraud.stages.metrics.set_awaiting_label(model.name, join.awaiting)
+
+
+class HistoryReader:
+    """Reads the whole history topic into the terminal replica, outside the consumer group,
+    and releases held transactions as the watermarks move (riskstream.terminal_replica)."""
+
+    def __init__(self, stages: Stages, topic: str, partitions: int, fraud: FraudStage) -> None:
+        self.stages, self.topic, self.partitions, self.fraud = stages, topic, partitions, fraud
+        self.positions: dict[Any, int] = {}  # where to go on after a reconnect
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the broker went away: start a new consumer where this one was
+                log.exception("reading %s failed; reading on in a second", self.topic)
+                await asyncio.sleep(1.0)
+
+    async def _read(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from riskstream.fetch_wait import AdaptiveFetchWait
+
+        settings = self.stages.settings
+        consumer = AIOKafkaConsumer(
+            **settings.kafka.aiokafka_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=settings.worker.fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            AdaptiveFetchWait(
+                settings.worker.fetch_max_wait_ms, settings.worker.fetch_wait_ceiling_ms
+            ).install(consumer)
+            partitions = [TopicPartition(self.topic, q) for q in range(self.partitions)]
+            consumer.assign(partitions)
+            for tp in partitions:
+                consumer.seek(tp, self.positions.get(tp, 0))
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=20_000)
+                self._apply(batches)
+                await self.fraud.release()
+        finally:
+            await consumer.stop()
+
+    def _apply(self, batches: dict[Any, list[Any]]) -> None:
+        replica = self.fraud.replica
+        for tp, records in batches.items():
+            for record in records:
+                replica.apply(tp.partition, record.value)
+            self.positions[tp] = records[-1].offset + 1
 
 
 async def _start_offset(app: faust.App, tp: Any) -> int:

@@ -3,8 +3,8 @@
 Offsets to commit. Faust commits, per partition, the first run of consecutive acknowledged
 offsets, but its check that the run starts at the committed offset is off by one (it lets a
 run start one past it) and is skipped while nothing was committed yet. Agents that acknowledge
-in order never notice; riskstream's terminal stage holds transactions unacknowledged while it
-acknowledges later messages (riskstream.watermarks), and with Faust's rule a crash or a
+in order never notice; riskstream's fraud stage holds transactions unacknowledged while it
+acknowledges later messages (riskstream.terminal_replica), and with Faust's rule a crash or a
 rebalance then skipped held transactions: they were never scored (seen in the handbook replay
 with a second worker joining: 2,077 transactions lost). `_Consumer._new_offset` commits only a
 run that starts exactly at the committed offset (or, before any commit, with no unacknowledged
@@ -284,6 +284,9 @@ class RiskstreamApp(faust.App):
     riskstream_probe_kwargs: dict[str, Any] | None = None
     # Topics consumed a partition batch at a time (riskstream.batch_hook), set by build_app.
     batch_handlers: dict[str, BatchHandler] | None = None
+    # Topics only this app writes and reads outside Faust's agents and tables (name ->
+    # partitions), created with the changelogs at start; set by build_app.
+    riskstream_internal_topics: dict[str, int] | None = None
 
     def _new_transport(self) -> Any:
         if not str(self.conf.broker_consumer[0]).startswith("kafka:"):
@@ -312,8 +315,8 @@ def faust_app(settings: Settings, partitions: int) -> faust.App:
         broker_commit_interval=worker.commit_interval_s,
         table_standby_replicas=worker.standby_replicas,
         # On a rebalance, commit what is acked and move on instead of waiting for every event
-        # in flight: the terminal stage holds transactions unacked until slower partitions
-        # catch up (riskstream.watermarks), which can take longer than any rebalance may. The
+        # in flight: the fraud stage holds transactions unacked until slower partitions
+        # catch up (riskstream.terminal_replica), which can take longer than any rebalance may. The
         # new owner reads them again from the commit, so nothing is lost.
         stream_wait_empty=False,
         web_enabled=False,

@@ -63,8 +63,10 @@ async def ensure_topics(
     timeout: float = 10.0,
     *,
     written_only_by_us: Collection[str] = (),
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, int]:
-    """Create the topics that do not exist yet; returns every topic's actual partition count.
+    """Create the topics that do not exist yet (with `configs[name]`, if any, as topic
+    configuration); returns every topic's actual partition count.
 
     Existing topics keep their partition count: the worker adapts to what producers made.
     Topics in `written_only_by_us` are first cleared of a lost topic's leftovers
@@ -73,7 +75,7 @@ async def ensure_topics(
     existing = await partition_counts(kafka, wanted, timeout)
     missing = {name: count for name, count in wanted.items() if name not in existing}
     if missing:
-        await _create(kafka, missing, timeout)
+        await _create(kafka, missing, timeout, configs or {})
         existing = await _wait_listed(kafka, wanted, timeout)
     ours = {name: wanted[name] for name in written_only_by_us if name in existing}
     if ours and await recreate_if_left_over(kafka, ours, existing, timeout):
@@ -81,11 +83,24 @@ async def ensure_topics(
     return existing
 
 
-async def _create(kafka: KafkaSettings, topics: Mapping[str, int], timeout: float) -> None:
+async def _create(
+    kafka: KafkaSettings,
+    topics: Mapping[str, int],
+    timeout: float,
+    configs: Mapping[str, Mapping[str, str]],
+) -> None:
     admin = await _start_admin(kafka, timeout)
     try:
         await admin.create_topics(
-            [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()]
+            [
+                NewTopic(
+                    name,
+                    num_partitions=n,
+                    replication_factor=1,
+                    topic_configs=dict(configs.get(name, {})),
+                )
+                for name, n in topics.items()
+            ]
         )
     except TopicAlreadyExistsError:
         log.debug("topics were created concurrently: %s", sorted(topics))
@@ -139,7 +154,7 @@ async def recreate_if_left_over(
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
-    await _create(kafka, {name: wanted[name] for name in left_over}, timeout)
+    await _create(kafka, {name: wanted[name] for name in left_over}, timeout, {})
     return sorted(left_over)
 
 

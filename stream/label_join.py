@@ -3,22 +3,22 @@
 Why. A fraud team judges its model by its alerts' precision once the chargebacks are in, a week
 or more after the alert; the scores alone say nothing about that.
 
-What. The terminal stage of the fraud topology sees both sides on one partition: it scores a
-transaction (and publishes its alert, if any), and the transaction's label reaches the same
-partition (labels travel keyed by terminal). A label may arrive before its transaction is scored
-(labels are applied at once, transactions wait for the watermarks), so both sides wait for each
-other. `LabelJoin` counts, per model version:
+What. The fraud stage scores a transaction (and publishes its alert, if any), and every
+worker's terminal replica reads every label (riskstream.terminal_replica). A label may arrive
+before its transaction is scored (labels are applied at once, transactions wait for the
+watermarks), so both sides wait for each other. `LabelJoin` counts, per model version:
   - true positive: a fraud label for an alerted transaction;
   - false positive: a genuine label for an alerted transaction, or no fraud label within
     `window_seconds` of event time after it (labels are chargebacks: most genuine transactions
-    never get one). The event-time clock is the newest transaction the partition scored;
-  - false negative: a fraud label for a transaction scored without an alert (or never scored
-    within the window).
+    never get one). The event-time clock is the newest transaction the worker scored;
+  - false negative: a fraud label for a transaction scored without an alert (or, where one
+    join sees only its own worker's labels, never scored within the window; the worker's join
+    sees every worker's labels, so there a label no score of its own met is not counted).
 `riskstream_label_outcomes_total{model,version,outcome}` carries the counts and
 `riskstream_alerts_awaiting_label{model}` the alerts still open; precision over any window of
 label time is increase(TP) / increase(TP + FP). Memory is bounded: what waits is dropped once the
 clock passes the window, and at `max_entries` per side the oldest goes first. Counts are per
-worker process; a partition that moves starts a new join on its new owner.
+worker process, each for the transactions it scored.
 
 Pinned by tests/test_label_join.py: the rules, and a real worker replaying labelled synthetic
 transactions whose counts equal those computed from the alerts and labels published.
@@ -63,16 +63,20 @@ class _Waiting:
 
 
 class LabelJoin:
-    """One terminal partition's scores and labels waiting for each other."""
+    """Scores and labels waiting for each other."""
 
     def __init__(
         self,
         outcome: Outcome,
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
         max_entries: int = 500_000,
+        *,
+        settle_unscored_labels: bool = True,
     ) -> None:
         self.outcome = outcome  # e.g. WorkerMetrics.label_outcome
         self.window = window_seconds
+        # False where labels of transactions other workers score reach this join too.
+        self.settle_unscored_labels = settle_unscored_labels
         self._alerts = _Waiting(max_entries)  # id -> (event time, model, version)
         self._quiet = _Waiting(max_entries)  # scored without an alert: same
         self._labels = _Waiting(max_entries)  # labelled before scored: id -> (event time, fraud)
@@ -104,8 +108,12 @@ class LabelJoin:
                 return
         self._labels.add(event_id, (transaction_time, fraud))
 
+    def labelled_from(self, label: Any) -> None:
+        """`labelled` for a forwarded label (riskstream.pipeline.ForwardedLabel)."""
+        self.labelled(label.transaction_id, label.transaction_timestamp, label.fraud)
+
     def scored_up_to(self, event_time: float, model: str, version: str) -> None:
-        """The partition scored up to `event_time`: what waited longer than the window is
+        """Scored up to `event_time`: what waited longer than the window is
         settled (an alert without a fraud label was a false one; a fraud label whose
         transaction was never scored here, a missed fraud)."""
         if event_time <= self._clock:
@@ -116,7 +124,7 @@ class LabelJoin:
             self.outcome(alert_model, alert_version, "false_positive")
         self._quiet.older_than(horizon)
         for _, fraud in self._labels.older_than(horizon):
-            if fraud:
+            if fraud and self.settle_unscored_labels:
                 self.outcome(model, version, "false_negative")
 
     def _resolve(self, model: str, version: str, alert: bool, fraud: bool) -> None:

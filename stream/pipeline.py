@@ -1,14 +1,17 @@
 """Per-event work of the stream, free of Faust so it can be tested and reasoned about alone.
 
-Fraud scoring needs state keyed two ways, so it runs in two stages:
+Fraud scoring needs state keyed two ways: by customer, and by terminal.
 
-    transactions (key customer) -stage 1-> <app>-fraud-by-terminal (key terminal) -stage 2-> score
+    transactions (key customer) -stage 1-> score (customer state here, terminal state from the
+         |                                        terminal replica, riskstream.terminal_replica)
+         +-forward-> <app>-fraud-by-terminal (key terminal) -every worker-> terminal replica
     risk.labels  (key tx id)    -forward-/
 
-Stage 1 updates the customer's state and forwards the transaction with its customer-side
-features; stage 2 updates the terminal's state (transactions and fraud labels arrive there in
-one ordered log per terminal), assembles the full vector and hands it to the micro-batcher.
-Market events need one state (per instrument) and go straight to scoring.
+Stage 1 updates the customer's state, computes the customer-side features and forwards the
+transaction to the history topic; every worker reads that topic into its replica of all
+terminals, and stage 1 completes the vector from it once the watermarks say the terminal side
+is complete (riskstream.watermarks). Market events need one state (per instrument) and go
+straight to scoring; tabular requests need none.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ StateTable = MutableMapping[bytes, bytes]
 
 
 class ForwardedTransaction(msgspec.Struct, tag="tx", array_like=True, frozen=True):
-    """A validated transaction on its way to the terminal stage, customer features attached."""
+    """A validated transaction, customer features attached, as the history topic carries it."""
 
     transaction_id: str
     timestamp: float
@@ -44,7 +47,7 @@ class ForwardedTransaction(msgspec.Struct, tag="tx", array_like=True, frozen=Tru
 
 
 class ForwardedLabel(msgspec.Struct, tag="label", array_like=True, frozen=True):
-    """A validated fraud label on its way to the terminal stage."""
+    """A validated fraud label, as the history topic carries it."""
 
     transaction_id: str
     transaction_timestamp: float
@@ -60,6 +63,7 @@ class ForwardedWatermark(msgspec.Struct, tag="wm", array_like=True, frozen=True)
     topic: str
     partition: int
     time: float
+    reader: str = ""  # which worker process reported (riskstream.terminal_replica)
 
 
 Forwarded = ForwardedTransaction | ForwardedLabel | ForwardedWatermark
@@ -110,7 +114,7 @@ def _check_key(key: bytes | None, expected: str, field: str) -> None:
 
 MAX_CLOCK_SKEW_SECONDS = 86_400.0
 """How far ahead of the worker's clock an event time may be. Further ahead is not a clock skew
-but a wrong timestamp, and such an event would hold back every transaction behind it (stage 2
+but a wrong timestamp, and such an event would hold back every transaction behind it (scoring
 waits until every source passes an event's time, see riskstream.watermarks)."""
 
 
@@ -175,26 +179,12 @@ def ingest_label(raw: bytes | None, key: bytes | None, now: float | None = None)
     )
 
 
-def terminal_stage(
-    message: ForwardedTransaction | ForwardedLabel, terminals: StateTable
-) -> PendingScore | None:
-    """Stage 2: apply a label, or add a transaction and return its full feature vector."""
-    terminal_key = message.terminal_id.encode()
-    state = _load(terminals, terminal_key, fraud_features.TerminalState)
-    if isinstance(message, ForwardedLabel):
-        fraud_features.terminal_label(
-            state, message.transaction_id, message.transaction_timestamp, message.fraud
-        )
-        terminals[terminal_key] = state.to_bytes()  # type: ignore[attr-defined]
-        return None
-    terminal_part = fraud_features.terminal_step(
-        state,  # type: ignore[arg-type]
-        message.transaction_id,
-        message.timestamp,
-        store=not message.too_late,
-    )
-    if not message.too_late:
-        terminals[terminal_key] = state.to_bytes()  # type: ignore[attr-defined]
+def transaction_score(
+    message: ForwardedTransaction, terminal: fraud_features.TerminalState | None
+) -> PendingScore:
+    """The full vector of a transaction whose terminal state is read, not written: the terminal
+    replica stores every transaction itself (riskstream.terminal_replica)."""
+    terminal_part = fraud_features.terminal_features_at(terminal, message.timestamp)
     vector = fraud_features.fraud_vector(
         message.timestamp, message.amount, message.customer_features, terminal_part
     )

@@ -1,18 +1,19 @@
-"""Event-time watermarks between the two fraud stages.
+"""Event-time watermarks: when the terminal side of a transaction is complete.
 
-Terminal features of a transaction at time t count the terminal's transactions and fraud
-labels up to t − d (d = the label delay). Stage 1 reads many source partitions (transactions
-keyed by customer, labels keyed by transaction id) and forwards what it reads to the topic keyed
-by terminal. While a worker works through a backlog, those source partitions drift apart by days
-or weeks of event time (the consumer reads whichever partition has data), so a transaction could
-reach its terminal before earlier transactions from a slower partition, and be scored without
-them. Offline there is no such race, so the stream would disagree with `riskstream evaluate`.
+Terminal features of a transaction at t count the terminal's transactions and fraud labels up
+to t − d (d = the label delay). Stage 1 reads many source partitions (transactions keyed by
+customer, labels keyed by transaction id) and forwards what it reads to the history topic keyed
+by terminal, which every worker's terminal replica reads (riskstream.terminal_replica). While a
+worker works through a backlog, those source partitions drift apart by days or weeks of event
+time (the consumer reads whichever partition has data), so a transaction could be scored before
+earlier transactions from a slower partition reached the replica. Offline there is no such
+race, so the stream would disagree with `riskstream evaluate`.
 
 So stage 1 reports, for every source partition it owns, how far in event time it has forwarded
-(`SourceClocks`), to every partition of the terminal topic and through the same producer as the
-forwards, so a report always follows the forwards it covers. Stage 2 holds a transaction at t
-(`HoldQueue`) until every source partition reported passing t − d, then scores held
-transactions in event-time order. Labels need no holding: a label only ever counts for
+(`SourceClocks`), to every partition of the history topic and through the same producer as the
+forwards, so a report always follows the forwards it covers. A transaction at t is held
+(`HoldQueue`) until every source partition reported passing t − d in every history partition
+the replica has read, then scored. Labels need no holding: a label only ever counts for
 transactions at least d after its own, so applying one early changes nothing.
 
 Conventions:
@@ -24,15 +25,16 @@ Conventions:
     the state holds (exact within the allowed lateness). Without this an idle partition would
     hold everything forever, and a live stream would wait for the next label.
   - The latest report wins (a partition that was caught up and receives new events reports a
-    finite time again); a stage-2 partition that has not heard from every source holds.
+    finite time again); a replica that has not heard from every source holds.
   - A new reader of a source partition (after a start, a crash or a rebalance) withdraws its
-    predecessor's last report before its first forward: it reports UNKNOWN first. Otherwise a
-    "caught up" from before a crash vouched for the backlog read after it, and transactions
-    were scored before the labels of a slower partition (28 scores off in a SIGKILL run with
-    shared terminals and interleaved labels).
+    predecessor's last report before its first forward: it reports UNKNOWN first, and its own
+    replica counts only its own reports of that partition. Otherwise a "caught up" from before
+    a crash vouched for the backlog read after it, and transactions were scored before the
+    labels of a slower partition (28 scores off in a SIGKILL run with shared terminals and
+    interleaved labels).
   - In live traffic nothing is held: transactions at t ≈ now need reports past now − d.
   - A transaction too late to be stored (decided by stage 1, see
-    fraud.customer_is_too_late) is scored from the terminal state as it arrived: it waits
+    fraud.customer_is_too_late) is scored from the terminal state as it stands: it waits
     behind the transactions of its terminal held before it (`behind_group`), and is not held
     for anything else.
 """
@@ -61,7 +63,7 @@ class _SourceProgress:
 
 
 class SourceClocks:
-    """Stage 1's side: how far each source partition this worker owns has been forwarded."""
+    """How far each source partition this worker owns has been forwarded."""
 
     def __init__(self, refresh_seconds: float = 1.0) -> None:
         self.refresh_seconds = refresh_seconds
@@ -98,8 +100,8 @@ class SourceClocks:
         return progress.newest if progress is not None else UNKNOWN
 
     def should_send(self, source: Source, value: float, now: float) -> bool:
-        """On change, and every refresh_seconds anyway: a stage-2 partition that just moved to
-        another worker starts with no reports and must hear from every source again."""
+        """On change, and every refresh_seconds anyway: a report lost on its way must not hold
+        transactions until the next change."""
         progress = self._sources.setdefault(source, _SourceProgress())
         return progress.sent != value or now - progress.sent_at >= self.refresh_seconds
 
@@ -109,7 +111,7 @@ class SourceClocks:
 
     def announced(self, source: Source) -> bool:
         """Whether this reader of the source partition has sent its first report. Until it
-        has, stage 2 may still hold a report of the partition's previous reader (before a
+        has, a replica may still hold a report of the partition's previous reader (before a
         crash or a rebalance), and that one can say "caught up" of a partition now read again
         from its commit, with a backlog behind it."""
         progress = self._sources.get(source)
@@ -128,8 +130,8 @@ class SourceClocks:
 
 
 class HoldQueue(Generic[T]):
-    """Stage 2's side, for one partition of the terminal topic: held transactions and the
-    latest report from every source partition."""
+    """Held transactions and the latest report from every source partition (in every history
+    partition: the terminal replica's sources are (history partition, source) pairs)."""
 
     def __init__(self, sources: Iterable[Source], delay: float) -> None:
         self.delay = delay

@@ -74,6 +74,7 @@ async def wait_for_topics(
     wanted: dict[str, int],
     written_only_by_us: Collection[str],
     max_backoff: float = 30.0,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, int]:
     """Retry with exponential backoff until the broker answers; never give up on our own."""
     from riskstream.kafka import BrokerUnavailable, ensure_topics
@@ -82,7 +83,7 @@ async def wait_for_topics(
     while True:
         try:
             return await ensure_topics(
-                settings.kafka, wanted, written_only_by_us=written_only_by_us
+                settings.kafka, wanted, written_only_by_us=written_only_by_us, configs=configs
             )
         except BrokerUnavailable as exc:
             cause = exc.__cause__  # refused, timed out, TLS or SASL failure: say which
@@ -121,6 +122,7 @@ def run_worker(settings: Settings) -> None:
     from riskstream.app import build_app, internal_topics, report_progress, worker_id
     from riskstream.metrics import MetricsServer, MetricsServerError, WorkerMetrics
     from riskstream.scoring import ModelError
+    from riskstream.terminal_replica import HISTORY_TOPIC_CONFIG
 
     logging.basicConfig(
         level=settings.worker.log_level.upper(),
@@ -169,7 +171,10 @@ def run_worker(settings: Settings) -> None:
     health.app = build_app(settings, models, metrics, partitions)
     # Created here rather than by Faust, so that leftovers of a lost topic are cleared first.
     internal = internal_topics(health.app)
-    loop.run_until_complete(wait_for_topics(settings, internal, written_only_by_us=internal))
+    histories = {name: dict(HISTORY_TOPIC_CONFIG) for name in health.app.riskstream_internal_topics}
+    loop.run_until_complete(
+        wait_for_topics(settings, internal, written_only_by_us=internal, configs=histories)
+    )
 
     class Supervision(Service):
         """Progress, stalls and health every few seconds, from the worker's start on (Faust's

@@ -16,6 +16,7 @@ from riskstream.batching import BatchScorer
 from riskstream.features import fraud, market
 from riskstream.replay import market_events, transaction_events
 from riskstream.simulate import generate_market, generate_transactions
+from riskstream.terminal_replica import TerminalReplica
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +26,17 @@ def history():
     )
 
 
+def _replica() -> TerminalReplica:
+    """A terminal replica with no source to wait for: what it read is all there is."""
+    return TerminalReplica(1, [])
+
+
 def _stream_vectors(history, partitions: int) -> dict[str, list[float]]:
-    """Drive stage 1 and stage 2 as the worker does, partitions as separate tables, in the
-    order `riskstream replay` publishes (labels interleaved by event time)."""
+    """Drive stage 1 and the terminal replica as the worker does, customer partitions as
+    separate tables, in the order `riskstream replay` publishes (labels interleaved by event
+    time)."""
     customers = [dict() for _ in range(partitions)]
-    terminals = [dict() for _ in range(partitions)]
+    replica = _replica()
     vectors: dict[str, list[float]] = {}
     events = transaction_events(
         history, np.arange(len(history)), "transactions", "risk.labels", "fraud", 7.0
@@ -42,15 +49,14 @@ def _stream_vectors(history, partitions: int) -> dict[str, list[float]]:
             )
         else:
             forwarded = pipeline.ingest_label(outgoing.value, outgoing.key)
-        wire = pipeline.decode_forwarded(pipeline.encode_forwarded(forwarded))
-        pending = pipeline.terminal_stage(wire, terminals[hash(wire.terminal_id) % partitions])
-        if pending is not None:
-            vectors[pending.event_id] = pending.vector
+        replica.apply(0, pipeline.encode_forwarded(forwarded))
+        if isinstance(forwarded, pipeline.ForwardedTransaction):
+            vectors[forwarded.transaction_id] = replica.score(forwarded).vector
     return vectors
 
 
 @pytest.mark.parametrize("partitions", [1, 4])
-def test_two_stage_stream_path_reproduces_offline_features(history, partitions: int) -> None:
+def test_stream_path_reproduces_offline_features(history, partitions: int) -> None:
     offline = fraud.compute_fraud_features(history)
     streamed = _stream_vectors(history, partitions)
     assert len(streamed) == len(history)
@@ -200,19 +206,19 @@ def test_a_failed_delivery_acknowledges_nothing() -> None:
 def test_terminal_features_survive_stage_one_partitions_drifting_apart(
     history, labels_first: bool
 ) -> None:
-    """While a worker catches up, stage-1 partitions reach the terminal stage days apart in
+    """While a worker catches up, stage-1 partitions reach the terminal replica days apart in
     event time, and the few labels race weeks ahead of the many transactions (a backlog of
     labels is read in seconds); neither may change any feature."""
     partitions, drift = 4, 1.5 * 86_400.0
     customers = [dict() for _ in range(partitions)]
-    terminals: dict[bytes, bytes] = {}
+    replica = _replica()
     held: list[list[pipeline.ForwardedTransaction]] = [[] for _ in range(partitions)]
     vectors: dict[str, list[float]] = {}
 
     def to_terminal_stage(message: pipeline.Forwarded) -> None:
-        pending = pipeline.terminal_stage(message, terminals)
-        if pending is not None:
-            vectors[pending.event_id] = pending.vector
+        replica.apply(0, pipeline.encode_forwarded(message))
+        if isinstance(message, pipeline.ForwardedTransaction):
+            vectors[message.transaction_id] = replica.score(message).vector
 
     def release(clock: float) -> None:
         for part, queue in enumerate(held):
@@ -244,7 +250,7 @@ def test_terminal_features_survive_stage_one_partitions_drifting_apart(
 
 
 def test_an_event_more_than_a_day_ahead_of_the_clock_is_rejected_not_held() -> None:
-    """A wrong far-future time would hold every transaction behind it at stage 2."""
+    """A wrong far-future time would hold every transaction behind it (watermarks)."""
     now = 1_735_725_600.0  # 2025-01-01T10:00:00Z, the time of _tx()
     pipeline.ingest_transaction(_tx(), b"c1", 0, {}, now=now - 86_000)  # within a day: skew
     with pytest.raises(contracts.ContractError, match="ahead of the worker's clock") as caught:
@@ -265,11 +271,11 @@ def test_an_event_more_than_a_day_ahead_of_the_clock_is_rejected_not_held() -> N
         pipeline.ingest_label(label, b"t1", now=now)
 
 
-def test_a_transaction_too_late_for_its_customer_is_stored_at_neither_stage() -> None:
-    """Stage 1 decides lateness in arrival order and stage 2 obeys: the terminal sees its
-    transactions in event-time order, so its own horizon cannot tell what arrived late."""
+def test_a_transaction_too_late_for_its_customer_is_stored_nowhere() -> None:
+    """Stage 1 decides lateness in arrival order and the terminal replica obeys: it reads a
+    terminal's transactions out of order, so its own horizon cannot tell what arrived late."""
     customers: dict[bytes, bytes] = {}
-    terminals: dict[bytes, bytes] = {}
+    replica = _replica()
     now = pipeline.ingest_transaction(_tx(timestamp="2025-03-01T10:00:00Z"), b"c1", 0, customers)
     late = pipeline.ingest_transaction(
         _tx(transaction_id="old", timestamp="2025-01-01T10:00:00Z"), b"c1", 0, customers
@@ -277,7 +283,8 @@ def test_a_transaction_too_late_for_its_customer_is_stored_at_neither_stage() ->
     assert not now.too_late and late.too_late
     wire = pipeline.decode_forwarded(pipeline.encode_forwarded(late))
     assert wire.too_late, "the flag crosses the internal topic"
-    assert pipeline.terminal_stage(wire, terminals) is not None, "it is still scored"
-    assert terminals == {}, "and not stored at its terminal"
-    on_time = pipeline.terminal_stage(now, terminals)
-    assert on_time is not None and terminals
+    replica.apply(0, pipeline.encode_forwarded(wire))
+    assert replica.score(wire).event_id == "old", "it is still scored"
+    assert replica.terminals == {}, "and not stored at its terminal"
+    replica.apply(0, pipeline.encode_forwarded(now))
+    assert len(replica.terminals["k1"]) == 1

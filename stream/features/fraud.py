@@ -1,7 +1,7 @@
 """Card-fraud features in event time: the handbook's 15 inputs plus two customer-side extras.
 
 The stream keeps one CustomerState per customer (stage 1, partitioned by customer) and one
-TerminalState per terminal (stage 2, partitioned by terminal); offline, compute_fraud_features
+TerminalState per terminal (every worker's terminal replica); offline, compute_fraud_features
 drives the very same step functions over the whole history in event-time order. There is no
 second, vectorised implementation to drift from this one.
 
@@ -94,7 +94,9 @@ __all__ = [
     "customer_is_too_late",
     "customer_step",
     "fraud_vector",
+    "terminal_features_at",
     "terminal_label",
+    "terminal_record",
     "terminal_step",
 ]
 
@@ -414,6 +416,30 @@ def terminal_step(
     key = transaction_key(tx_id)
     if store and _find(state, key, ts) is None:
         _insert_terminal_entry(state, key, ts, 0)
+    return _terminal_features(state, ts - state.label_delay)
+
+
+def terminal_record(state: TerminalState, tx_id: str, ts: float, clock: float) -> None:
+    """Add the transaction (once per id) to a state whose clock the caller keeps.
+
+    A terminal replica (riskstream.terminal_replica) reads the terminal's transactions in the
+    order the source partitions happen to be read, not in event time; a transaction read early
+    must not move the horizon past older ones still to come. `clock` (the time every source has
+    passed, at most) decides what is too old to keep instead of the newest transaction."""
+    if not math.isfinite(ts):
+        raise ValueError(f"transaction {tx_id!r} has a non-finite timestamp")
+    if math.isfinite(clock) and clock > state.newest:
+        state.newest = clock
+        _prune_terminal(state)
+    key = transaction_key(tx_id)
+    if _find(state, key, ts) is None:
+        _insert_terminal_entry(state, key, ts, 0, advance_clock=False)
+
+
+def terminal_features_at(state: TerminalState | None, ts: float) -> tuple[float, ...]:
+    """The terminal-side features of a transaction at ts, without storing it."""
+    if state is None:
+        return (0.0,) * len(TERMINAL_FEATURE_NAMES)
     return _terminal_features(state, ts - state.label_delay)
 
 
