@@ -215,7 +215,7 @@ def test_terminal_features_survive_stage_one_partitions_drifting_apart(
     held: list[list[pipeline.ForwardedTransaction]] = [[] for _ in range(partitions)]
     vectors: dict[str, list[float]] = {}
 
-    def to_terminal_stage(message: pipeline.Forwarded) -> None:
+    def to_replica(message: pipeline.Forwarded) -> None:
         replica.apply(0, pipeline.encode_forwarded(message))
         if isinstance(message, pipeline.ForwardedTransaction):
             vectors[message.transaction_id] = replica.score(message).vector
@@ -223,7 +223,7 @@ def test_terminal_features_survive_stage_one_partitions_drifting_apart(
     def release(clock: float) -> None:
         for part, queue in enumerate(held):
             while queue and queue[0].timestamp + part * drift <= clock:
-                to_terminal_stage(queue.pop(0))
+                to_replica(queue.pop(0))
 
     events = transaction_events(
         history, np.arange(len(history)), "transactions", "risk.labels", "fraud", 7.0
@@ -232,12 +232,12 @@ def test_terminal_features_survive_stage_one_partitions_drifting_apart(
     if labels_first:
         for outgoing in events:
             if outgoing.topic == "risk.labels":
-                to_terminal_stage(pipeline.ingest_label(outgoing.value, outgoing.key))
+                to_replica(pipeline.ingest_label(outgoing.value, outgoing.key))
     for outgoing in events:
         release(outgoing.event_time)
         if outgoing.topic == "risk.labels":
             if not labels_first:
-                to_terminal_stage(pipeline.ingest_label(outgoing.value, outgoing.key))
+                to_replica(pipeline.ingest_label(outgoing.value, outgoing.key))
             continue
         part = hash(outgoing.key) % partitions
         held[part].append(

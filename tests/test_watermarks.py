@@ -11,8 +11,9 @@ from typing import Any
 from faust.types import TP
 
 from riskstream import pipeline
-from riskstream.app import FraudHop
+from riskstream.app import FraudStage
 from riskstream.features import fraud
+from riskstream.terminal_replica import TerminalReplica
 from riskstream.watermarks import CAUGHT_UP, UNKNOWN, HoldQueue, SourceClocks
 
 DAY = 86_400.0
@@ -190,14 +191,15 @@ def test_a_too_late_transaction_waits_behind_those_held_before_it_at_its_termina
 
 def test_a_new_reader_withdraws_its_predecessors_report_before_its_first_forward() -> None:
     """A "caught up" sent before a crash stayed the latest word on its partition while the
-    restarted worker forwarded the backlog, so stage 2 scored transactions before the labels
-    of a slower partition (28 scores off in a SIGKILL run). The first thing a new reader
-    sends is UNKNOWN; forwards follow it."""
+    restarted worker forwarded the backlog, so transactions were scored before the labels of
+    a slower partition (28 scores off in a SIGKILL run). The first thing a new reader sends is
+    UNKNOWN; forwards follow it, and each reading signs its reports anew."""
     sent: list[tuple[str, Any]] = []
 
     class Producer:
         async def send(self, topic: str, key: Any, value: bytes, *rest: Any) -> Any:
-            sent.append(("report", pipeline.decode_forwarded(value).time))
+            report = pipeline.decode_forwarded(value)
+            sent.append(("report", report.time, report.reader))
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
@@ -207,24 +209,32 @@ def test_a_new_reader_withdraws_its_predecessors_report_before_its_first_forward
         progress = types.SimpleNamespace(saw=lambda *args: None)
         metrics = types.SimpleNamespace(set_held=lambda held: None)
 
-        async def publish(self, tp: Any, offsets: list[int], outbox: Any) -> None:
+        async def publish(self, tp: Any, offsets: list[int], outbox: Any, then: Any) -> None:
             sent.append(("forwards", offsets))
 
-    hop = FraudHop(Stages(), "by-terminal", 1, [TX0])  # type: ignore[arg-type]
-    tp, records = TP("transactions", 0), [types.SimpleNamespace(offset=o) for o in (5, 6)]
+    replica: TerminalReplica[Any] = TerminalReplica(1, [TX0])
+    stage = FraudStage(Stages(), "by-terminal", 1, replica, None, None)  # type: ignore[arg-type]
+    tp, offsets = TP("transactions", 0), [5, 6]
 
     async def two_batches_then_a_revocation_then_one() -> None:
-        await hop._forwarded(tp, records, [DAY, 2 * DAY], None)  # type: ignore[arg-type]
-        await hop._forwarded(tp, records, [3 * DAY, None], None)  # type: ignore[arg-type]
-        hop.forget([tp])
-        await hop._forwarded(tp, records, [DAY, None], None)  # type: ignore[arg-type]
+        await stage._forwarded(tp, offsets, offsets, [DAY, 2 * DAY], None)  # type: ignore[arg-type]
+        await stage._forwarded(tp, offsets, offsets, [3 * DAY, None], None)  # type: ignore[arg-type]
+        stage.forget([tp])
+        await stage._forwarded(tp, offsets, [5], [DAY, None], None)  # type: ignore[arg-type]
 
     asyncio.run(two_batches_then_a_revocation_then_one())
+    first, second = sent[0][2], sent[3][2]
     assert sent == [
-        ("report", UNKNOWN),
+        ("report", UNKNOWN, first),
         ("forwards", [5, 6]),
         ("forwards", [5, 6]),
-        ("report", UNKNOWN),
-        ("forwards", [5, 6]),
+        ("report", UNKNOWN, second),
+        ("forwards", [5]),
     ]
-    assert hop.clocks.announced(TX0)
+    assert first != second, "the second reading does not trust the first one's reports"
+    assert stage.clocks.announced(TX0)
+    mark = pipeline.ForwardedWatermark(*TX0, CAUGHT_UP, first)
+    replica.apply(0, pipeline.encode_forwarded(mark))
+    assert replica.holds.safe_time == UNKNOWN, "the earlier reading's word is ignored"
+    replica.apply(0, pipeline.encode_forwarded(pipeline.ForwardedWatermark(*TX0, 9.0, second)))
+    assert replica.holds.safe_time == 9.0
