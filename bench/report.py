@@ -17,7 +17,8 @@ GIB = 1024**3
 MIB = 1024**2
 TARGET_RATIO = 0.5
 TARGET_SCALING = 1.6
-TARGET_P99_MS = 50.0
+TARGET_P99_MS = {500.0: 25.0}  # by offered events/s; 50 ms at any other rate
+TARGET_P99_DEFAULT_MS = 50.0
 TARGET_CUSTOMERS = 1_000_000
 TARGET_RSS = 2 * GIB
 TARGET_RECOVERY = 50_000.0
@@ -147,14 +148,17 @@ def _targets(results: dict) -> list[tuple[str, str, str, bool]]:
             two / one >= TARGET_SCALING,
         ),
     ]
+    floors = {floor.rate: floor for floor in results.get("relay_floor", [])}
     for latency in results["latency"]:
+        target = TARGET_P99_MS.get(latency.rate, TARGET_P99_DEFAULT_MS)
+        floor = floors.get(latency.rate)
+        beside = f"; a relay doing nothing: p99 {floor.arrival_ms[1]:,.0f} ms" if floor else ""
         rows.append(
             (
-                f"p99 event-to-score < {TARGET_P99_MS:.0f} ms at {latency.rate:,.0f} events/s",
+                f"p99 event-to-score < {target:.0f} ms at {latency.rate:,.0f} events/s",
                 f"{latency.arrival_ms[1]:,.0f} ms",
-                f"p50 {latency.arrival_ms[0]:,.0f} ms, max {latency.arrival_ms[2]:,.0f} ms; "
-                f"offered load {latency.rate / one:.0%} of one worker's drain rate",
-                latency.arrival_ms[1] < TARGET_P99_MS and latency.missing == 0,
+                f"p50 {latency.arrival_ms[0]:,.0f} ms, max {latency.arrival_ms[2]:,.0f} ms{beside}",
+                latency.arrival_ms[1] < target and latency.missing == 0,
             )
         )
     recovery = results.get("recovery")
@@ -200,16 +204,20 @@ def _latency_table(results: dict) -> Table:
         "unscored",
         "send → score arrives",
         "Kafka stamps: event → score sent",
+        "relay doing nothing: send → arrives",
     )
     for column in columns:
         table.add_column(column, justify="right")
+    floors = {floor.rate: floor for floor in results.get("relay_floor", [])}
     for r in results["latency"]:
+        floor = floors.get(r.rate)
         table.add_row(
             f"{r.rate:,.0f}",
             f"{r.achieved_rate:,.0f}",
             f"{r.events:,}",
             f"{r.missing:,}",
             *(_ms(q) for q in (r.arrival_ms, r.stamped_ms)),
+            _ms(floor.arrival_ms) if floor else "",
         )
     table.caption = "p50 / p99 / max, milliseconds"
     return table

@@ -139,6 +139,13 @@ def run(plan: Plan, console: Console) -> dict:
             load.mark(f"{workers} worker{'s' if workers > 1 else ''}")
         results["latency"] = _latency(plan, console, broker.bootstrap_servers, dataset)
         load.mark("latency")
+        with console.status("the broker's own latency: a relay doing nothing…"):
+            from relay_floor import run_relay_floor
+
+            results["relay_floor"] = run_relay_floor(
+                broker.bootstrap_servers, plan.rates, plan.latency_seconds
+            )
+        load.mark("relay floor")
     with EmbeddedBroker(port=free_port()) as broker, console.status("table recovery…"):
         from recovery import measure_recovery  # a broker of its own: no other topic's batches
 

@@ -58,7 +58,7 @@ from riskstream.label_join import LabelJoin
 from riskstream.model_swap import ModelSwap
 from riskstream.outbox import Outbox, Publisher
 from riskstream.table_writes import TableWrites
-from riskstream.terminal_replica import TerminalReplica
+from riskstream.terminal_replica import LIVE_SECONDS, TerminalReplica
 from riskstream.watermarks import CAUGHT_UP, UNKNOWN, SourceClocks
 
 log = logging.getLogger("riskstream.worker")
@@ -543,6 +543,8 @@ def _wire_fraud(stages: Stages, model: Any, partitions: dict[str, int]) -> None:
     async def read_terminal_history() -> None:
         await reader.run()
 
+    app.riskstream_before_revoke = fraud.finish_read_back
+
     @app.timer(interval=max(settings.worker.watermark_interval_ms / 1000.0, 0.01))
     async def report_watermarks() -> None:
         await fraud.report_watermarks(source_topics)
@@ -581,6 +583,7 @@ class FraudStage:
         self.join = join
         self.clocks = SourceClocks(refresh_seconds=2.0)
         self.epochs: dict[tuple[str, int], int] = {}  # source partition -> times revoked
+        self.sequences: dict[tuple[str, int], int] = {}  # reports sent, per source partition
         self.delay = float(fraud_features.LABEL_DELAY_SECONDS)
 
     def customer_stage_handler(self, customers: Any) -> BatchHandler:
@@ -593,6 +596,8 @@ class FraudStage:
             batch = ScoreBatch(self, outbox)
             times: list[float | None] = []
             epoch = self.epochs.get((tp.topic, tp.partition), 0)
+            replayed: list[tuple[pipeline.ForwardedTransaction, Held]] = []
+            live_after = time.time() - LIVE_SECONDS
             for record in records:
                 ok, forwarded = stages.run_step(
                     outbox,
@@ -605,10 +610,14 @@ class FraudStage:
                 )
                 if ok:
                     self.forward(outbox, forwarded)
-                    if self.replica.ready(forwarded):
+                    item = (tp, epoch, record, forwarded)
+                    if forwarded.timestamp <= live_after:
+                        replayed.append((forwarded, item))
+                        batch.held.add(record.offset)
+                    elif self.replica.ready(forwarded):
                         batch.score(record, forwarded)
                     else:
-                        self.replica.hold(forwarded, (tp, epoch, record, forwarded))
+                        self.replica.hold(forwarded, item)
                         batch.held.add(record.offset)
                 times.append(forwarded.timestamp if ok else None)
             state.send_changes(outbox)
@@ -616,6 +625,8 @@ class FraudStage:
             offsets = [record.offset for record in records]
             acked = [offset for offset in offsets if offset not in batch.held]
             await self._forwarded(tp, offsets, acked, times, outbox, observe)
+            if replayed:
+                await self._wait_for_read_back(tp, replayed)
             metrics.count_events(tp.topic, "forwarded", sum(t is not None for t in times))
             self._set_held()
 
@@ -671,6 +682,25 @@ class FraudStage:
         self.clocks.processed(source, offsets[-1], newest)
         self.stages.progress.saw(tp.topic, tp.partition, offsets[-1])
 
+    async def _wait_for_read_back(
+        self, tp: Any, replayed: list[tuple[pipeline.ForwardedTransaction, Held]]
+    ) -> None:
+        """Old events (a replay): report now, and score each once the replica has read this
+        report, and with it every forward before it (riskstream.terminal_replica)."""
+        source = (tp.topic, tp.partition)
+        value = self.clocks.value(source, self.stages.app.consumer.highwater(tp))
+        sequence = await self.report(source, value)
+        for transaction, item in replayed:
+            self.replica.wait_for_own_report(source, sequence, transaction, item)
+
+    async def finish_read_back(self, timeout: float = 2.0) -> None:
+        """Before a revocation's commit: the transactions waiting only for the replica to read
+        their forwards back are scored within milliseconds; wait for them (at most `timeout`)
+        rather than leave them to the next owner to score again."""
+        deadline = time.monotonic() + timeout
+        while self.replica.awaiting_read_back and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
     async def release(self) -> None:
         """Score what the replica's newest reports released; each source partition's offsets
         are acknowledged once the scores are delivered."""
@@ -693,7 +723,7 @@ class FraudStage:
         self._set_held()
 
     def _set_held(self) -> None:
-        self.stages.metrics.set_held(len(self.replica.holds))
+        self.stages.metrics.set_held(len(self.replica))
 
     def _reader(self, source: tuple[str, int]) -> str:
         """This reading of the source partition, as its reports name it."""
@@ -704,15 +734,18 @@ class FraudStage:
         self.replica.own(source, self._reader(source))
         await self.report(source, UNKNOWN)
 
-    async def report(self, source: tuple[str, int], value: float) -> None:
-        """To every history partition, after the forwards it covers (same producer)."""
-        report = pipeline.ForwardedWatermark(*source, value, self._reader(source))
+    async def report(self, source: tuple[str, int], value: float) -> int:
+        """To every history partition, after the forwards it covers (same producer); returns
+        the report's sequence number."""
+        sequence = self.sequences[source] = self.sequences.get(source, 0) + 1
+        report = pipeline.ForwardedWatermark(*source, value, self._reader(source), sequence)
         mark = pipeline.encode_forwarded(report)
         producer = self.stages.app.producer
         for partition in range(self.partitions):  # a lost report is harmless: the next wins
             delivery = await producer.send(self.topic, None, mark, partition, None, None)
             delivery.add_done_callback(_note_lost_report)
         self.clocks.sent(source, value, time.monotonic())
+        return sequence
 
     async def report_watermarks(self, source_topics: set[str]) -> None:
         app = self.stages.app

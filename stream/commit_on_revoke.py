@@ -33,6 +33,9 @@ class CommitOnRevoke:
 
     async def commit_before_revoke(self) -> None:
         try:
+            before = getattr(self.app, "riskstream_before_revoke", None)
+            if before is not None:
+                await before()
             await self.app.producer.flush()
             await asyncio.sleep(0)  # the delivery callbacks acknowledge their batches
             await self.maybe_wait_for_commit_to_finish()  # type: ignore[attr-defined]

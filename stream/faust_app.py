@@ -58,7 +58,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import aiokafka
@@ -287,6 +287,9 @@ class RiskstreamApp(faust.App):
     # Topics only this app writes and reads outside Faust's agents and tables (name ->
     # partitions), created with the changelogs at start; set by build_app.
     riskstream_internal_topics: dict[str, int] | None = None
+    # Awaited before the commit on a revocation: lets work about to finish finish (the fraud
+    # stage's transactions waiting for the replica to read their forwards back).
+    riskstream_before_revoke: Callable[[], Awaitable[None]] | None = None
 
     def _new_transport(self) -> Any:
         if not str(self.conf.broker_consumer[0]).startswith("kafka:"):

@@ -64,6 +64,7 @@ class ForwardedWatermark(msgspec.Struct, tag="wm", array_like=True, frozen=True)
     partition: int
     time: float
     reader: str = ""  # which worker process reported (riskstream.terminal_replica)
+    sequence: int = 0  # the reader's count of its reports of this partition
 
 
 Forwarded = ForwardedTransaction | ForwardedLabel | ForwardedWatermark

@@ -23,6 +23,13 @@ evaluate`'s:
   - the reports of a source partition this worker reads are taken from this worker only (the
     `reader` of a report): the previous reader's "caught up", still ahead in the history topic
     after a crash or a rebalance, must not vouch for the backlog this worker forwards now;
+  - a source's "caught up" (+inf) can be stale by the time the replica reads it: the source may
+    have forwarded more since. For a transaction at t near the worker's clock that is harmless
+    (what it would miss is more than the allowed lateness late), but a replay of old events
+    moves days of event time per second: a transaction whose time is more than LIVE_SECONDS
+    behind the worker's clock is scored only once the replica has read its reader's own report
+    sent after its forward (`sequence`), so the replica holds every forward that preceded it
+    (`wait_for_own_report`), as a consumer of the history topic itself would;
   - the replica reads transactions out of event-time order (partitions drift apart in a replay),
     so what is too old to keep is decided by the replica's clock (the time every source has
     passed, at most the newest transaction read), not by each terminal's newest transaction.
@@ -52,6 +59,8 @@ from riskstream.watermarks import UNKNOWN, HoldQueue, Source
 
 log = logging.getLogger(__name__)
 
+# Transactions within this of the worker's clock are live: see the module notes.
+LIVE_SECONDS = float(fraud_features.LABEL_DELAY_SECONDS) - fraud_features.ALLOWED_LATENESS_SECONDS
 HISTORY_RETENTION_DAYS = 45  # d + the longest window (30 days) + a week of lateness, and a day
 # The history topic's configuration when the worker creates it: never compacted (its keys are
 # terminal ids, and every transaction of a terminal counts), kept for HISTORY_RETENTION_DAYS.
@@ -83,6 +92,8 @@ class TerminalReplica(Generic[T]):
         )
         self.records = 0  # history records applied
         self._own: dict[Source, str] = {}  # source this worker reads -> its reports' reader
+        self._own_read: dict[tuple[int, Source], int] = {}  # own reports' sequence, as read
+        self._awaiting: list[tuple[Source, int, pipeline.ForwardedTransaction, T]] = []
         self._newest = -math.inf  # the newest transaction time read
 
     @property
@@ -134,6 +145,8 @@ class TerminalReplica(Generic[T]):
         reader = self._own.get(source)
         if reader is not None and report.reader != reader:
             return False  # an earlier reader's word on a partition this worker reads now
+        if reader is not None:
+            self._own_read[(partition, source)] = report.sequence
         self.holds.mark((partition, source), report.time)
         return True
 
@@ -151,11 +164,16 @@ class TerminalReplica(Generic[T]):
         self._own[source] = reader
         for partition in range(self.partitions):
             self.holds.mark((partition, source), UNKNOWN)
+            self._own_read.pop((partition, source), None)
 
     def disown(self, sources: Iterable[Source]) -> None:
         """Another worker reads these now: its reports count from here on."""
         for source in sources:
             self._own.pop(source, None)
+            for partition in range(self.partitions):
+                self._own_read.pop((partition, source), None)
+        gone = set(sources)
+        self._awaiting = [waiting for waiting in self._awaiting if waiting[0] not in gone]
 
     def ready(self, transaction: pipeline.ForwardedTransaction) -> bool:
         return self.holds.ready(transaction.timestamp, _group(transaction))
@@ -168,8 +186,38 @@ class TerminalReplica(Generic[T]):
             behind_group=transaction.too_late,
         )
 
+    def wait_for_own_report(
+        self,
+        source: Source,
+        sequence: int,
+        transaction: pipeline.ForwardedTransaction,
+        item: T,
+    ) -> None:
+        """Hold `item` until this worker's report `sequence` of `source` (sent after the
+        transaction's forward) was read in every history partition, then as `hold` does."""
+        self._awaiting.append((source, sequence, transaction, item))
+
     def release(self) -> list[T]:
+        if self._awaiting:
+            waiting, self._awaiting = self._awaiting, []
+            for source, sequence, transaction, item in waiting:
+                if self._read_own(source, sequence):
+                    self.hold(transaction, item)
+                else:
+                    self._awaiting.append((source, sequence, transaction, item))
         return self.holds.release()
+
+    def _read_own(self, source: Source, sequence: int) -> bool:
+        read = self._own_read
+        return all(read.get((q, source), -1) >= sequence for q in range(self.partitions))
+
+    @property
+    def awaiting_read_back(self) -> int:
+        return len(self._awaiting)
+
+    def __len__(self) -> int:
+        """Transactions held, for either reason."""
+        return len(self.holds) + len(self._awaiting)
 
     def score(self, transaction: pipeline.ForwardedTransaction) -> pipeline.PendingScore:
         return pipeline.transaction_score(transaction, self.terminals.get(transaction.terminal_id))
