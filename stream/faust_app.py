@@ -200,6 +200,12 @@ class _Consumer(CommitOnRevoke, BatchDrain, faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def on_stop(self) -> None:
+        # A worker that leaves commits what it finished, outputs delivered first: Faust's own
+        # stop commits only what was acknowledged by then (riskstream.commit_on_revoke).
+        await self.commit_before_revoke()
+        await super().on_stop()
+
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         await self.commit_before_revoke()  # Faust forgets the acknowledgements next
         self._owned = self._owned - frozenset(revoked)  # before the revoke handlers ack
